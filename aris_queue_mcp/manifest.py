@@ -6,6 +6,7 @@ raises one ``ManifestError`` that lists every problem found, each with its path 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import os
@@ -658,7 +659,7 @@ def load_manifest(
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         errors = [_convert(e) for e in exc.errors()]
-        raise ManifestError(_dedupe(errors)) from None
+        raise ManifestError(_dedupe(errors + _semantic_after_pruning(data, exc))) from None
     manifest._source_text = text
     manifest._base_dir = base
     errors = semantic_errors(manifest)
@@ -668,6 +669,49 @@ def load_manifest(
 
     expand_jobs(manifest)
     return manifest
+
+
+def _semantic_after_pruning(data: dict[str, Any], exc: ValidationError) -> list[FieldError]:
+    """Best effort to report cross-field problems too: drop the invalid values and check the rest.
+
+    Errors at the level of a dropped value (its parent or siblings) are left out: they would only be
+    consequences of the drop. Gives up (returns []) when the pruned manifest is still invalid.
+    """
+    pruned = copy.deepcopy(data)
+    parents: set[str] = set()
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        node: Any = pruned
+        for part in loc[:-1]:
+            in_dict = isinstance(node, dict) and part in node
+            if in_dict or (isinstance(node, list) and isinstance(part, int) and part < len(node)):
+                node = node[part]
+            elif isinstance(part, str) and isinstance(node, dict):
+                continue  # a discriminator tag pydantic put into the location
+            else:
+                return []
+        key = loc[-1] if loc else None
+        if not isinstance(node, dict) or not isinstance(key, str):
+            return []
+        if err["type"] == "missing":
+            node[key] = "placeholder"
+        else:
+            node.pop(key, None)
+        if err["type"] != "extra_forbidden":  # dropping an unknown key changes nothing else
+            parents.add(_resolve(loc[:-1])[0])
+    try:
+        manifest = Manifest.model_validate(pruned)
+    except ValidationError:
+        return []
+
+    def consequence(path: str) -> bool:
+        for parent in parents:
+            rest = path[len(parent) :] if path.startswith(parent) else None
+            if rest is not None and (rest == "" or re.fullmatch(r"\.?[A-Za-z_]+", rest)):
+                return True
+        return False
+
+    return [e for e in semantic_errors(manifest) if not consequence(e.path)]
 
 
 def _dedupe(errors: list[FieldError]) -> list[FieldError]:
