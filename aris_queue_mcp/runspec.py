@@ -133,7 +133,8 @@ class RunSpec(_Strict):
 
 
 def _sanitize(text: str) -> str:
-    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    # runs.py refuses ".." in run ids (path traversal), so collapse dot runs as well.
+    cleaned = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).strip("-._")
     return cleaned[:64] or "run"
 
 
