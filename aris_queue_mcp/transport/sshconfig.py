@@ -237,6 +237,11 @@ class SSHConfigResolver:
             return config.lookup(parts.host)
         except (paramiko.ssh_exception.ConfigParseError, ValueError) as exc:
             raise TransportError(f"cannot parse ssh config {self.config_path}: {exc}") from exc
+        except ImportError as exc:  # paramiko needs the `invoke` package for `Match exec`
+            raise TransportError(
+                f"ssh config {self.config_path}: `Match exec` is not supported here ({exc}); "
+                "use Host blocks for the hosts you queue to"
+            ) from exc
 
     def _user_known_hosts(self, options: paramiko.SSHConfigDict) -> list[str]:
         if self.known_hosts_paths is not None:

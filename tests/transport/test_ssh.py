@@ -269,6 +269,7 @@ def test_dropped_connection_is_reestablished_transparently(sshd: SshServer) -> N
         sshd.start()
         assert t.run(["echo", "back"]).stdout == "back\n"
         assert t.read_file(sshd.known_hosts)
+        assert t.connects == 2
 
 
 def test_connection_refused_names_the_host(sshd: SshServer) -> None:
