@@ -238,7 +238,11 @@ class SSHTransport:
                     # An SFTP status error (no such file, permission) arrives with the link still up: that
                     # is the answer, not a reason to retry.
                     if attempt == 2 or self._is_active():
-                        raise
+                        if isinstance(exc, OSError):
+                            raise  # the caller turns SFTP status errors into messages
+                        raise TransportError(
+                            f"{self.label}: could not {what} on {self.spec.address}: {_why(exc)}"
+                        ) from exc
                     log.info("%s: connection lost during %s (%s); reconnecting", self.label, what, _why(exc))
                     self._disconnect()
         raise AssertionError("unreachable")
@@ -298,13 +302,13 @@ class SSHTransport:
         clients: list[paramiko.SSHClient] = []
         try:
             if sock is None and spec.proxy_jump:
-                via: paramiko.SSHClient | None = None
+                via: tuple[HostSpec, paramiko.SSHClient] | None = None
                 for hop in spec.proxy_jump:
-                    hop_clients = self._open(hop, self._tunnel(via, hop) if via else None)
+                    hop_clients = self._open(hop, self._tunnel(*via, hop) if via else None)
                     clients.extend(hop_clients)
-                    via = hop_clients[-1]
+                    via = (hop, hop_clients[-1])
                 assert via is not None
-                sock = self._tunnel(via, spec)
+                sock = self._tunnel(*via, spec)
             elif sock is None and spec.proxy_command:
                 try:
                     # ssh runs ProxyCommand through a shell (so `exec ...` and pipes work); so do we.
@@ -320,7 +324,8 @@ class SSHTransport:
             raise
         return clients
 
-    def _tunnel(self, via: paramiko.SSHClient, dest: HostSpec) -> paramiko.Channel:
+    def _tunnel(self, via_spec: HostSpec, via: paramiko.SSHClient, dest: HostSpec) -> paramiko.Channel:
+        """A direct-tcpip channel from jump host ``via`` to ``dest``, used as the socket for the next hop."""
         transport = via.get_transport()
         assert transport is not None
         try:
@@ -329,7 +334,7 @@ class SSHTransport:
             )
         except _LINK_ERRORS as exc:
             raise TransportError(
-                f"{self.label}: jump host {transport.getpeername()[0]} could not open a tunnel to "
+                f"{self.label}: jump host {via_spec.describe()} could not open a tunnel to "
                 f"{dest.hostname}:{dest.port}: {_why(exc)}; check that the jump host can reach it and allows "
                 "TCP forwarding (AllowTcpForwarding)"
             ) from exc

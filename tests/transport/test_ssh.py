@@ -15,8 +15,8 @@ import paramiko
 import pytest
 
 from aris_queue_mcp.errors import HostKeyError, TransportError
-from aris_queue_mcp.transport import SSHTransport, Transport, TransportPool
-from tests.fixtures.sshd import SshServer
+from aris_queue_mcp.transport import LocalTransport, SSHTransport, Transport, TransportPool, open_transport
+from tests.fixtures.sshd import SshServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -318,3 +318,41 @@ def test_pool_shares_one_connection_across_threads(sshd: SshServer) -> None:
         assert pool.get(sshd.alias) is t
         assert pool.get("local") is pool.get(None)
     assert not t._clients
+
+
+def test_jump_host_that_cannot_reach_the_target(sshd: SshServer, tmp_path: Path) -> None:
+    closed = free_port()
+    cfg = _config(
+        tmp_path,
+        _alias_block(sshd, "jump")
+        + f"Host behind\n  HostName 127.0.0.1\n  Port {closed}\n  ProxyJump jump\n",
+    )
+    t = SSHTransport("behind", ssh_config_path=cfg, known_hosts_paths=[sshd.known_hosts])
+    expected = rf"behind: jump host jump \(.*\) could not open a tunnel to 127\.0\.0\.1:{closed}"
+    with pytest.raises(TransportError, match=expected):
+        t.run(["true"])
+
+
+def test_open_transport_picks_local_or_ssh(sshd: SshServer) -> None:
+    for target in (None, "", "local", " LOCAL "):
+        assert isinstance(open_transport(target), LocalTransport)
+    t = open_transport(sshd.alias, ssh_config_path=sshd.ssh_config, known_hosts_paths=[sshd.known_hosts])
+    assert isinstance(t, SSHTransport)
+    assert t.label == "gpu-test"
+    t.close()
+
+
+def test_link_failure_before_the_command_starts_is_retried_once(
+    sshd: SshServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with sshd.transport() as t:
+        t.run(["true"])
+        broken = t._connection()
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise EOFError("link went away")
+
+        # The link still looks active but fails: the call reconnects and runs on a fresh connection.
+        monkeypatch.setattr(broken, "open_session", fail)
+        assert t.run(["echo", "retried"]).stdout == "retried\n"
+        assert t.connects == 2
