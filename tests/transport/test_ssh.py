@@ -78,10 +78,11 @@ def test_remote_env_comes_from_sshd_setenv(make_sshd: Callable[..., SshServer], 
     tool = bin_dir / "fake-tool"
     tool.write_text("#!/bin/sh\necho fake\n")
     tool.chmod(0o755)
-    server = make_sshd(remote_env={"ARIS_TEST": "1"}, extra_path=[str(bin_dir)])
+    tricky = 'a b "c" \\d #e'
+    server = make_sshd(remote_env={"ARIS_TEST": tricky}, extra_path=[str(bin_dir)])
     with server.transport() as t:
         res = t.run(["sh", "-c", 'echo "$HOME|$ARIS_TEST"; fake-tool'])
-        assert res.stdout == f"{server.remote_home}|1\nfake\n"
+        assert res.stdout == f"{server.remote_home}|{tricky}\nfake\n"
         assert t.home() == server.remote_home
 
 
