@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = with_run_dir("run", "run the scheduler until the queue is finished")
-    sp.add_argument("--detach", action="store_true", help="run in the background; return once it holds the lock")
+    sp.add_argument(
+        "--detach", action="store_true", help="run in the background; return once it holds the lock"
+    )
     sp = with_run_dir("status", "the status digest (and job rows with --jobs)")
     sp.add_argument("--jobs", action="store_true")
     sp.add_argument("--state", action="append", default=[], choices=[s.value for s in JobState])
@@ -70,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_version(_a: argparse.Namespace) -> Dict[str, Any]:
-    return {"ok": True, "version": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "ok": True,
+        "version": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _spec(a: argparse.Namespace) -> RunSpec:
@@ -79,7 +86,8 @@ def _spec(a: argparse.Namespace) -> RunSpec:
 
 def _setup_logging(run_dir: str) -> None:
     logging.basicConfig(
-        filename=os.path.join(run_dir, "agent.log"), level=logging.INFO,
+        filename=os.path.join(run_dir, "agent.log"),
+        level=logging.INFO,
         format="%(asctime)s %(levelname)s [%(process)d] %(message)s",
     )
 
@@ -91,13 +99,17 @@ def _counts(st: store.Store) -> Dict[str, int]:
     return counts
 
 
-def run_scheduler(run_dir: str, spec: RunSpec, on_started: Optional[Callable[[int], None]] = None) -> Dict[str, Any]:
+def run_scheduler(
+    run_dir: str, spec: RunSpec, on_started: Optional[Callable[[int], None]] = None
+) -> Dict[str, Any]:
     """Take the lock, run the queue to its end, return ``{"state", "counts"}``."""
     lock = store.RunLock(run_dir)
     lock.acquire("scheduler", wait=float(defaults.tunable("LOCK_WAIT")))
     try:
         _setup_logging(run_dir)
-        logging.getLogger("aris_agent").info("scheduler %s starting on %s (pid %d)", __version__, run_dir, os.getpid())
+        logging.getLogger("aris_agent").info(
+            "scheduler %s starting on %s (pid %d)", __version__, run_dir, os.getpid()
+        )
         st = store.Store(run_dir, spec, writer=True)
         d = Daemon(run_dir, spec, st)
         d.on_started = on_started
@@ -198,15 +210,25 @@ def cmd_status(a: argparse.Namespace) -> Dict[str, Any]:
         while store.last_seq(a.run_dir) <= since and time.monotonic() < deadline:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
     st = store.Store(a.run_dir, spec)
-    return views.digest(a.run_dir, spec, st, jobs=a.jobs, states=a.state, phase=a.phase,
-                        offset=max(0, a.offset), limit=a.limit)
+    return views.digest(
+        a.run_dir,
+        spec,
+        st,
+        jobs=a.jobs,
+        states=a.state,
+        phase=a.phase,
+        offset=max(0, a.offset),
+        limit=a.limit,
+    )
 
 
 def cmd_retry(a: argparse.Namespace) -> Dict[str, Any]:
     if not (a.jobs or a.stuck or a.failed):
         raise UsageError("retry needs job ids, --stuck or --failed")
     spec = _spec(a)
-    return control.submit(a.run_dir, spec, {"op": "retry", "jobs": a.jobs, "stuck": a.stuck, "failed": a.failed})
+    return control.submit(
+        a.run_dir, spec, {"op": "retry", "jobs": a.jobs, "stuck": a.stuck, "failed": a.failed}
+    )
 
 
 def cmd_cancel(a: argparse.Namespace) -> Dict[str, Any]:
@@ -240,8 +262,15 @@ def cmd_history(a: argparse.Namespace) -> Dict[str, Any]:
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], Dict[str, Any]]] = {
-    "version": cmd_version, "run": cmd_run, "status": cmd_status, "retry": cmd_retry, "cancel": cmd_cancel,
-    "drain": cmd_drain, "logs": cmd_logs, "gpus": cmd_gpus, "history": cmd_history,
+    "version": cmd_version,
+    "run": cmd_run,
+    "status": cmd_status,
+    "retry": cmd_retry,
+    "cancel": cmd_cancel,
+    "drain": cmd_drain,
+    "logs": cmd_logs,
+    "gpus": cmd_gpus,
+    "history": cmd_history,
 }
 
 

@@ -7,6 +7,7 @@ there is one writer of the state. :func:`submit` is the command's side: apply lo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -37,9 +38,7 @@ def check_jobs(spec: RunSpec, ids: List[str]) -> None:
         raise UnknownJobError(f"unknown job id(s): {', '.join(unknown[:10])}; `status --jobs` lists the ids")
 
 
-def apply_request(
-    st: store.Store, req: Dict[str, Any], now: float, cancel_running: CancelRunning
-) -> tuple:
+def apply_request(st: store.Store, req: Dict[str, Any], now: float, cancel_running: CancelRunning) -> tuple:
     """Apply one request to the jobs of ``st``; return ``(answer, journal records)``. The caller appends the
     records. ``req``: ``{"op": "retry", "jobs": [...], "stuck": bool, "failed": bool}``,
     ``{"op": "cancel", "jobs": [...]}`` (no jobs = the whole queue) or ``{"op": "drain"}``."""
@@ -81,12 +80,22 @@ def _retry(st: store.Store, req: Dict[str, Any], now: float, records: List[Dict[
 
 
 def _reset() -> Dict[str, Any]:
-    return {"oom_failures": 0, "other_failures": 0, "lost": 0, "retry_at": None, "signature": None,
-            "last_lines": []}
+    return {
+        "oom_failures": 0,
+        "other_failures": 0,
+        "lost": 0,
+        "retry_at": None,
+        "signature": None,
+        "last_lines": [],
+    }
 
 
 def _cancel(
-    st: store.Store, req: Dict[str, Any], now: float, records: List[Dict[str, Any]], cancel_running: CancelRunning
+    st: store.Store,
+    req: Dict[str, Any],
+    now: float,
+    records: List[Dict[str, Any]],
+    cancel_running: CancelRunning,
 ) -> Dict[str, Any]:
     ids = list(req.get("jobs") or [])
     check_jobs(st.spec, ids)
@@ -133,7 +142,9 @@ def apply_offline(run_dir: str, spec: RunSpec, req: Dict[str, Any]) -> Dict[str,
         def cancel_running(job: Job, now: float) -> None:
             kill_now(job, grace)
             if spec.queue.launcher != "process":
-                runner.end_session(spec.queue.launcher, runner.session_name(spec.run_id, job.id, job.attempts))
+                runner.end_session(
+                    spec.queue.launcher, runner.session_name(spec.run_id, job.id, job.attempts)
+                )
 
         now = time.time()
         answer, records = apply_request(st, req, now, cancel_running)
@@ -150,13 +161,13 @@ def wake_scheduler(run_dir: str) -> None:
     info = store.read_agent_json(run_dir)
     pid = info.get("pid")
     if isinstance(pid, int) and runner.alive(pid, info.get("proc_start")):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGUSR1)
-        except OSError:
-            pass
 
 
-def submit(run_dir: str, spec: RunSpec, req: Dict[str, Any], timeout: Optional[float] = None) -> Dict[str, Any]:
+def submit(
+    run_dir: str, spec: RunSpec, req: Dict[str, Any], timeout: Optional[float] = None
+) -> Dict[str, Any]:
     """Get ``req`` applied: by ourselves when no scheduler holds the lock, else through the inbox."""
     timeout = float(defaults.tunable("CONTROL_TIMEOUT")) if timeout is None else timeout
     if req.get("jobs"):
@@ -188,7 +199,11 @@ def submit(run_dir: str, spec: RunSpec, req: Dict[str, Any], timeout: Optional[f
             if withdrawn or extended:
                 raise TimeoutError_(
                     f"the scheduler did not answer within {timeout:g}s"
-                    + (" (request withdrawn)" if withdrawn else " (it took the request; its effect may still show)")
+                    + (
+                        " (request withdrawn)"
+                        if withdrawn
+                        else " (it took the request; its effect may still show)"
+                    )
                     + "; check `status` and agent.log, then try again"
                 )
             extended = True  # the scheduler claimed it at the last moment: its answer is on the way

@@ -2,10 +2,10 @@
 
 Each iteration: reap ended attempts (own children via ``Popen.poll``, adopted/screen/tmux ones by pid + start
 time), apply control requests, escalate kills, refresh GPU readings when stale, tick, apply its decisions,
-snapshot and heartbeat, then wait. The wait is a ``select`` on a self-pipe fed by ``signal.set_wakeup_fd``, so
-SIGCHLD (a job ended) and SIGUSR1 (a control request was posted) wake it at once; its timeout is the nearest of
-the poll interval, a retry coming due, a timeout deadline and a pending SIGKILL. A freed slot is therefore
-reused in the same iteration that notices the exit. Signal handlers only set flags.
+snapshot and heartbeat, then wait. The wait is a ``select`` on a self-pipe fed by
+``signal.set_wakeup_fd``, so SIGCHLD (a job ended) and SIGUSR1 (a control request was posted) wake it at once;
+its timeout is the nearest of the poll interval, a retry coming due, a timeout deadline and a pending SIGKILL.
+A freed slot is therefore reused in the same iteration that notices the exit. Signal handlers only set flags.
 
 GPU readings: re-read every ``poll_interval``; also when the last reading predates the latest job exit (the
 freed GPU would otherwise still look busy with our own ended job), and right before launching on a reading
@@ -54,7 +54,7 @@ class Daemon:
         self._started_at = clock()
         self._wake_r = self._wake_w = -1
         self.on_started: Optional[Callable[[int], None]] = None
-        """Called once the scheduler holds the lock, recovered and is running (``run --detach`` waits for it)."""
+        """Called once the scheduler holds the lock, has recovered and runs (``run --detach`` waits)."""
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -158,9 +158,15 @@ class Daemon:
     def _tick_once(self, now: float) -> TickResult:
         handles = self._all_handles()
         return tick(
-            now, self.readings, list(self.store.jobs.values()), self.spec,
-            held=self._held(), live=len(handles), live_cpu=sum(1 for h in handles if not h.gpus),
-            killing={h.job for h in handles if h.kill_reason}, draining=self.draining or self.cancel_all,
+            now,
+            self.readings,
+            list(self.store.jobs.values()),
+            self.spec,
+            held=self._held(),
+            live=len(handles),
+            live_cpu=sum(1 for h in handles if not h.gpus),
+            killing={h.job for h in handles if h.kill_reason},
+            draining=self.draining or self.cancel_all,
         )
 
     def _apply(self, res: TickResult, now: float) -> bool:
@@ -190,22 +196,38 @@ class Daemon:
             job = self.store.jobs[d.job]
             n = job.attempts + 1
             offset = _size(runner.log_path(self.run_dir, d.job))
-            intents.append(transition(
-                job, S.RUNNING, f"launching attempt {n}", now, attempts=n, gpus=list(d.gpus), pid=None,
-                proc_start=None, started_at=now, ended_at=None, exit_code=None, retry_at=None,
-                log_offset=offset, outputs=[],
-            ))
+            intents.append(
+                transition(
+                    job,
+                    S.RUNNING,
+                    f"launching attempt {n}",
+                    now,
+                    attempts=n,
+                    gpus=list(d.gpus),
+                    pid=None,
+                    proc_start=None,
+                    started_at=now,
+                    ended_at=None,
+                    exit_code=None,
+                    retry_at=None,
+                    log_offset=offset,
+                    outputs=[],
+                )
+            )
         self.store.append(intents)
         done = []
         for d in launches:
             job = self.store.jobs[d.job]
             js = self.spec.by_id[d.job]
             try:
-                h = runner.launch(self.run_dir, self.spec.run_id, js, job.attempts, d.gpus,
-                                  self.spec.queue.launcher, now)
+                h = runner.launch(
+                    self.run_dir, self.spec.run_id, js, job.attempts, d.gpus, self.spec.queue.launcher, now
+                )
             except runner.LaunchError as exc:
                 log.warning("job %s: launch failed: %s", d.job, exc)
-                dec = classify_exit(job, js, ExitInfo(None, launch_error=str(exc)), now, self.spec.queue.oom_signatures)
+                dec = classify_exit(
+                    job, js, ExitInfo(None, launch_error=str(exc)), now, self.spec.queue.oom_signatures
+                )
                 done.append(transition(job, dec.to, dec.reason, now, **dec.fields))
                 continue
             self.handles[d.job] = h
@@ -247,8 +269,14 @@ class Daemon:
         runner.kill_leftovers(h.pid)
         runner.end_session(h.launcher, h.session)
 
-    def _finalize(self, job: Job, h: Optional[runner.Handle], status: Optional[int], now: float,
-                  lost_reason: Optional[str] = None) -> Dict[str, Any]:
+    def _finalize(
+        self,
+        job: Job,
+        h: Optional[runner.Handle],
+        status: Optional[int],
+        now: float,
+        lost_reason: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """Record how attempt ``job.attempts`` ended (exit file, else the wait status of our own child)."""
         code = runner.read_exit(self.run_dir, job.id, job.attempts)
         why = lost_reason or "process gone without an exit code"
@@ -256,8 +284,10 @@ class Daemon:
             if status < 0 and h.kill_reason:
                 code = 128 - status  # killed by our own SIGKILL after its grace: a real end, not a loss
             else:
-                why = f"wrapper ended ({'signal ' + str(-status) if status < 0 else 'exit ' + str(status)}) " \
-                      "without an exit code"
+                why = (
+                    f"wrapper ended ({'signal ' + str(-status) if status < 0 else 'exit ' + str(status)}) "
+                    "without an exit code"
+                )
         js = self.spec.by_id[job.id]
         info = ExitInfo(
             code,
@@ -287,7 +317,7 @@ class Daemon:
                 continue
             pid, start = job.pid, job.proc_start
             if pid is None:
-                claimed, pid = runner.claim_pid_file(self.run_dir, job.id, job.attempts)
+                _claimed, pid = runner.claim_pid_file(self.run_dir, job.id, job.attempts)
                 start = runner.proc_start(pid) if pid else None
                 wall = runner.proc_start_wall(start) if start else None
                 if wall is None or job.started_at is None or wall < job.started_at - 1.0:
@@ -308,8 +338,12 @@ class Daemon:
         self.store.append(records)
 
     def _handle(self, job: Job, pid: int, start: Optional[str], launcher: str) -> runner.Handle:
-        session = runner.session_name(self.spec.run_id, job.id, job.attempts) if launcher != "process" else None
-        return runner.Handle(job.id, job.attempts, pid, start, tuple(job.gpus), session=session, launcher=launcher)
+        session = (
+            runner.session_name(self.spec.run_id, job.id, job.attempts) if launcher != "process" else None
+        )
+        return runner.Handle(
+            job.id, job.attempts, pid, start, tuple(job.gpus), session=session, launcher=launcher
+        )
 
     # ------------------------------------------------------------------ control requests
     def _controls(self, now: float, records: List[Dict[str, Any]]) -> None:

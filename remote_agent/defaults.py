@@ -1,8 +1,8 @@
 """Every tunable of the agent in one place, each with a one-line meaning.
 
-Values the run spec carries (``queue.poll_interval``, ``queue.kill_grace``, ...) override the matching defaults
-here; the rest can be overridden for a whole agent process with the environment variable ``ARIS_AGENT_TUNABLES``
-holding a JSON object (tests shorten them that way), see :func:`tunable`.
+Values the run spec carries (``queue.poll_interval``, ``queue.kill_grace``, ...) override the matching
+defaults here; the rest can be overridden for a whole agent process with the environment variable
+``ARIS_AGENT_TUNABLES`` holding a JSON object (tests shorten them that way), see :func:`tunable`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ SNAPSHOT_EVERY_RECORDS = 1000
 SNAPSHOT_EVERY_SECONDS = 2.0
 """...or when this many seconds passed since the last snapshot and something changed."""
 SNAPSHOT_COST_FACTOR = 20.0
-"""The snapshot interval is at least this many times the last snapshot's write time (keeps 10k-job runs cheap)."""
+"""The snapshot interval is at least this many times the last snapshot's write time (cheap 10k-job runs)."""
 HEARTBEAT_EVERY = 1.0
 """Seconds between heartbeats written to agent.json."""
 HEARTBEAT_STALE = 30.0
@@ -68,7 +68,7 @@ LOGS_TAIL = 100
 """Default ``logs --tail``."""
 
 
-def tunable(name: str):  # noqa: ANN201 - returns the default's type
+def tunable(name: str):
     """The value of tunable ``name``: ``ARIS_AGENT_TUNABLES`` (JSON object) overrides the module default."""
     raw = os.environ.get("ARIS_AGENT_TUNABLES")
     if raw:

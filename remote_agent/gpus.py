@@ -59,7 +59,7 @@ class GpuStatus:
 
 
 def parse(text: str) -> List[GpuReading]:
-    """Parse ``index, uuid, memory.used, memory.total`` csv rows (noheader, nounits); bad rows carry an error."""
+    """Parse ``index, uuid, memory.used, memory.total`` rows (noheader, nounits); bad rows get an error."""
     out: List[GpuReading] = []
     for line in text.splitlines():
         if not line.strip():
@@ -70,7 +70,9 @@ def parse(text: str) -> List[GpuReading]:
         except (ValueError, IndexError):
             continue  # not a GPU row (a warning line); nothing to attach it to
         if len(parts) < 4:
-            out.append(GpuReading(index, parts[1] if len(parts) > 1 else "", None, None, f"short line {line!r}"))
+            out.append(
+                GpuReading(index, parts[1] if len(parts) > 1 else "", None, None, f"short line {line!r}")
+            )
             continue
         uuid = parts[1]
         try:
@@ -96,8 +98,13 @@ def read(now: float, timeout: Optional[float] = None) -> Readings:
     timeout = defaults.tunable("NVIDIA_SMI_TIMEOUT") if timeout is None else timeout
     try:
         proc = subprocess.run(
-            QUERY, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            timeout=timeout, universal_newlines=True, check=False,
+            QUERY,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            text=True,
+            check=False,
         )
     except FileNotFoundError:
         return Readings([], "nvidia-smi not found on PATH", now)
@@ -120,8 +127,8 @@ def availability(
     threshold_mib: int,
     held: Dict[int, str],
 ) -> List[GpuStatus]:
-    """Every GPU of the queue with ``usable`` and a reason: in ``wanted`` (or any for ``"auto"``), read without
-    error, ``memory.used`` below the threshold, and not ``held`` (index -> job id) by a job of this queue.
+    """Every GPU of the queue with ``usable`` and a reason: in ``wanted`` (or any for ``"auto"``), read
+    without error, ``memory.used`` below the threshold, and not ``held`` (index -> job id) by this queue.
 
     A GPU this queue assigned counts as held until that job's process is gone, even before its memory shows.
     """
@@ -142,7 +149,9 @@ def availability(
         elif g.error:
             out.append(GpuStatus(i, uuid, None, None, False, g.error))
         elif used is not None and used >= threshold_mib:
-            out.append(GpuStatus(i, uuid, used, total, False, f"busy: {used} MiB used >= {threshold_mib} MiB"))
+            out.append(
+                GpuStatus(i, uuid, used, total, False, f"busy: {used} MiB used >= {threshold_mib} MiB")
+            )
         else:
             out.append(GpuStatus(i, uuid, used, total, True, None))
     return out
@@ -161,4 +170,13 @@ def held_map(pairs: Sequence[tuple]) -> Dict[int, str]:
     return out
 
 
-__all__ = ["GpuReading", "GpuStatus", "Readings", "availability", "held_map", "parse", "read", "usable_indices"]
+__all__ = [
+    "GpuReading",
+    "GpuStatus",
+    "Readings",
+    "availability",
+    "held_map",
+    "parse",
+    "read",
+    "usable_indices",
+]

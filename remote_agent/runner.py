@@ -1,16 +1,18 @@
-"""Launching attempts and watching their processes: wrapper scripts, process groups, exit-code files, adoption.
+"""Launching attempts and watching their processes: wrapper scripts, process groups, exit files, adoption.
 
 Each attempt runs ``wrappers/<job>.<n>.sh`` in its own session (so its process group is the job), started as a
 child of the agent (``process``) or inside ``screen``/``tmux``. The wrapper
 
-1. claims the attempt by creating ``exits/<job>.<n>.pid`` with ``O_EXCL`` (bash ``noclobber``) and exits at
-   once if it already exists: a restarted agent creates that file itself before declaring an attempt lost, so
-   an attempt is either adopted (its pid is in the file) or provably never runs its command (no double start);
+1. claims the attempt by creating ``exits/<job>.<n>.pid`` with ``O_EXCL`` (bash ``noclobber``) and exits
+   at once if it already exists: a restarted agent creates that file itself before declaring an attempt lost,
+   so an attempt is either adopted (its pid is in the file) or provably never runs its command;
 2. appends the header line and all output to ``logs/<job>.log``;
-3. changes to ``cwd``, exports ``CUDA_VISIBLE_DEVICES``, ``ARIS_JOB_ID``, ``ARIS_ATTEMPT``, ``ARIS_RUN_DIR`` and
-   the job's env, runs the prelude lines (a failing one exits 98) and the command in a child ``bash -c`` so that
-   ``exit N`` or a compound command inside it still leaves the wrapper to write ``exits/<job>.<n>.exit``
-   atomically (temp file + ``mv``). Every value derived from the spec is ``shlex.quote``d.
+3. changes to ``cwd``, exports ``CUDA_VISIBLE_DEVICES``, ``ARIS_JOB_ID``, ``ARIS_ATTEMPT``, ``ARIS_RUN_DIR``
+   and the job's env, runs the prelude lines (a failing one exits 98) and the command in a child ``bash -c``
+   so that ``exit N`` or a compound command inside it still leaves the wrapper to write
+   ``exits/<job>.<n>.exit`` atomically (temp file + ``mv``).
+
+Every value derived from the spec is ``shlex.quote``d.
 
 A process is identified by pid plus ``<boot id>:<start ticks>`` (``/proc/<pid>/stat`` field 22), so a pid
 reused after a crash or reboot is never mistaken for a job.
@@ -145,9 +147,9 @@ def read_exit(run_dir: str, job: str, attempt: int) -> Optional[int]:
 def claim_pid_file(run_dir: str, job: str, attempt: int) -> Tuple[bool, Optional[int]]:
     """Decide the fate of an attempt whose pid was never recorded (agent died while launching it).
 
-    Returns ``(True, None)`` when we created the pid file first: the wrapper will refuse to run, the attempt is
-    lost for sure. ``(False, pid)`` when the wrapper created it: adopt ``pid`` if alive. ``(False, None)``: the
-    file says lost (an earlier restart claimed it) or never got a pid.
+    Returns ``(True, None)`` when we created the pid file first: the wrapper will refuse to run, the attempt
+    is lost for sure. ``(False, pid)`` when the wrapper created it: adopt ``pid`` if alive. ``(False, None)``:
+    the file says lost (an earlier restart claimed it) or never got a pid.
     """
     path = attempt_path(run_dir, "pid", job, attempt)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -216,7 +218,7 @@ def find_outputs(js: JobSpec, started_at: Optional[float]) -> List[str]:
 
 
 def render_cmd(cmd: str, gpus: Tuple[int, ...]) -> str:
-    """``cmd`` with ``${GPU}`` replaced by the comma-joined GPU indices (digits and commas only: shell-safe)."""
+    """``cmd`` with ``${GPU}`` replaced by the comma-joined GPU indices (digits and commas: shell-safe)."""
     return cmd.replace("${GPU}", ",".join(str(g) for g in gpus))
 
 
@@ -236,7 +238,8 @@ def wrapper_script(
         msg = f"{PRELUDE_MARK} {i} failed (exit $__aris_rc): {line}"
         inner.append(line)
         inner.append(
-            f'__aris_rc=$?; if [ "$__aris_rc" -ne 0 ]; then printf "%s\\n" {_dq(msg)} >&2; exit {PRELUDE_EXIT}; fi'
+            f'__aris_rc=$?; if [ "$__aris_rc" -ne 0 ]; then '
+            f'printf "%s\\n" {_dq(msg)} >&2; exit {PRELUDE_EXIT}; fi'
         )
     inner.append(render_cmd(js.cmd, gpus))
     exports = {
@@ -247,7 +250,9 @@ def wrapper_script(
     }
     exports.update(js.env)
     log = log_path(run_dir, js.id)
-    redirect = f"exec </dev/null > >(exec tee -a {q(log)}) 2>&1" if tee else f"exec </dev/null >>{q(log)} 2>&1"
+    redirect = (
+        f"exec </dev/null > >(exec tee -a {q(log)}) 2>&1" if tee else f"exec </dev/null >>{q(log)} 2>&1"
+    )
     cwd = os.path.expanduser(js.cwd)
     lines = [
         "#!/bin/bash",
@@ -259,10 +264,11 @@ def wrapper_script(
         redirect,
         f"printf '%s\\n' {q(header_line(js.id, attempt, gpus, now))}",
         "__aris_done() {",
-        '  printf "%s\\n" "$1" > "$__aris_exit_file.tmp" && mv -f "$__aris_exit_file.tmp" "$__aris_exit_file"',
+        '  printf "%s\\n" "$1" > "$__aris_exit_file.tmp" &&',
+        '    mv -f "$__aris_exit_file.tmp" "$__aris_exit_file"',
         '  exit "$1"',
         "}",
-        "# A handler (not an ignore, which children would inherit) keeps the wrapper alive to record the exit.",
+        "# A handler (an ignore would be inherited by the command) keeps the wrapper alive to record exits.",
         "trap 'true' TERM INT HUP",
         f"cd -- {q(cwd)} || {{ echo {q('aris-queue: cannot change to directory ' + cwd)}; __aris_done 1; }}",
     ]
@@ -332,8 +338,13 @@ def launch(
     if launcher == "process":
         try:
             popen = subprocess.Popen(
-                ["/bin/bash", path], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True, cwd=run_dir,
+                ["/bin/bash", path],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                cwd=run_dir,
             )
         except OSError as exc:
             raise LaunchError(f"cannot start /bin/bash: {exc}") from exc
@@ -347,8 +358,16 @@ def launch(
     else:
         argv = [tool, "new-session", "-d", "-s", name, "/bin/bash", path]
     try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              universal_newlines=True, timeout=10, check=False, cwd=run_dir)
+        proc = subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=10,
+            check=False,
+            cwd=run_dir,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise LaunchError(f"{launcher} failed to start: {exc}") from exc
     if proc.returncode != 0:
@@ -367,7 +386,15 @@ def end_session(launcher: str, name: Optional[str]) -> None:
     tool = shutil.which(launcher)
     if tool is None:
         return
-    argv = [tool, "-S", name, "-X", "quit"] if launcher == "screen" else [tool, "kill-session", "-t", "=" + name]
+    argv = (
+        [tool, "-S", name, "-X", "quit"] if launcher == "screen" else [tool, "kill-session", "-t", "=" + name]
+    )
     with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       timeout=5, check=False)
+        subprocess.run(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=5,
+            check=False,
+        )

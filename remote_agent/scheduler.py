@@ -78,8 +78,8 @@ Decision = Union[Launch, Requeue, Block, Kill]
 
 @dataclass
 class TickResult:
-    """What one tick decided, the GPU view behind it, when to wake at the latest, and whether the queue is done
-    (nothing pending, running or waiting for a retry)."""
+    """What one tick decided, the GPU view behind it, when to wake at the latest, and whether the queue is
+    done (nothing pending, running or waiting for a retry)."""
 
     decisions: List[Decision]
     gpu_status: List[GpuStatus]
@@ -154,7 +154,11 @@ def tick(
                 else:
                     wake.append(deadline)
 
-    gstat = [] if spec.queue.cpu_only else availability(readings, spec.queue.gpus, spec.queue.gpu_free_threshold_mib, held)
+    gstat = (
+        []
+        if spec.queue.cpu_only
+        else availability(readings, spec.queue.gpus, spec.queue.gpu_free_threshold_mib, held)
+    )
     free = [g.index for g in gstat if g.usable]
     cap, cpu_cap = slot_caps(spec, cpu_count)
     waiting: Dict[str, int] = {}
@@ -243,7 +247,9 @@ def _tail_lines(text: str) -> List[str]:
     return text.splitlines()[-defaults.LOG_TAIL_LINES :]
 
 
-def classify_exit(job: Job, js: JobSpec, info: ExitInfo, now: float, extra_oom: Sequence[str] = ()) -> ExitDecision:
+def classify_exit(
+    job: Job, js: JobSpec, info: ExitInfo, now: float, extra_oom: Sequence[str] = ()
+) -> ExitDecision:
     """Decide how an attempt ended and what the job becomes (the one place this is decided).
 
     exit 0 with ``output_check`` matched (or no ``output_check``) -> completed; exit 0 without the output ->
@@ -256,7 +262,9 @@ def classify_exit(job: Job, js: JobSpec, info: ExitInfo, now: float, extra_oom: 
     last = last[-defaults.FAILURE_LINES :]
     base: Dict[str, object] = {"exit_code": info.exit_code, "ended_at": now, "pid": None, "retry_at": None}
     if info.launch_error is not None:
-        return _failure(job, js, "other", f"launch failed: {info.launch_error}", "launch_error", base, last, now)
+        return _failure(
+            job, js, "other", f"launch failed: {info.launch_error}", "launch_error", base, last, now
+        )
     if info.exit_code is None:
         lost = job.lost + 1
         fields = dict(base, lost=lost, signature="lost", last_lines=last)
@@ -266,10 +274,14 @@ def classify_exit(job: Job, js: JobSpec, info: ExitInfo, now: float, extra_oom: 
         return ExitDecision(S.PENDING, f"lost: {info.lost_reason}", "lost", fields)
     code = info.exit_code
     if info.timed_out:
-        return _failure(job, js, "other", f"timeout after {js.timeout:g}s (exit {code})", "timeout", base, last, now)
+        return _failure(
+            job, js, "other", f"timeout after {js.timeout:g}s (exit {code})", "timeout", base, last, now
+        )
     if code == 0:
         if js.output_check and not info.outputs:
-            reason = f"exit 0 but no file matches output_check {js.output_check!r} newer than the attempt's start"
+            reason = (
+                f"exit 0 but no file matches output_check {js.output_check!r} newer than the attempt's start"
+            )
             return _failure(job, js, "other", reason, "missing_output", base, last, now)
         fields = dict(base, outputs=list(info.outputs), signature=None, last_lines=[])
         return ExitDecision(S.COMPLETED, "exit 0", None, fields)
@@ -282,7 +294,14 @@ def classify_exit(job: Job, js: JobSpec, info: ExitInfo, now: float, extra_oom: 
 
 
 def _failure(
-    job: Job, js: JobSpec, kind: str, reason: str, sig: str, base: Dict[str, object], last: List[str], now: float
+    job: Job,
+    js: JobSpec,
+    kind: str,
+    reason: str,
+    sig: str,
+    base: Dict[str, object],
+    last: List[str],
+    now: float,
 ) -> ExitDecision:
     if kind == "oom":
         n, policy, counter, state = job.oom_failures + 1, js.oom_retry, "oom_failures", S.FAILED_OOM
@@ -291,6 +310,10 @@ def _failure(
     fields = dict(base, signature=sig, last_lines=last)
     fields[counter] = n
     if n >= policy.max_attempts:
-        return ExitDecision(S.STUCK, f"{reason}; {kind} failure {n}/{policy.max_attempts}, giving up", sig, fields)
+        return ExitDecision(
+            S.STUCK, f"{reason}; {kind} failure {n}/{policy.max_attempts}, giving up", sig, fields
+        )
     fields["retry_at"] = now + policy.delay
-    return ExitDecision(state, f"{reason}; retry {n}/{policy.max_attempts - 1} in {policy.delay:g}s", sig, fields)
+    return ExitDecision(
+        state, f"{reason}; retry {n}/{policy.max_attempts - 1} in {policy.delay:g}s", sig, fields
+    )

@@ -1,4 +1,4 @@
-"""Read the run spec (``spec.json``, docs/protocol.md §1) into plain dataclasses, with clear ``bad_spec`` errors."""
+"""Read the run spec (``spec.json``, docs/protocol.md §1) into dataclasses; clear ``bad_spec`` errors."""
 
 from __future__ import annotations
 
@@ -130,7 +130,8 @@ def _queue(q: Any) -> QueueSpec:
         raise BadSpecError("spec.json: queue must be an object")
     gpus = q.get("gpus", "auto")
     if gpus != "auto" and not (
-        isinstance(gpus, list) and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
+        isinstance(gpus, list)
+        and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpus)
     ):
         raise BadSpecError(f'spec.json: queue.gpus must be "auto" or a list of GPU indices, got {gpus!r}')
     mp = _get(q, "max_parallel", int, "queue", None, nullable=True)
@@ -138,7 +139,9 @@ def _queue(q: Any) -> QueueSpec:
         raise BadSpecError("spec.json: queue.max_parallel must be >= 1 or null")
     launcher = _get(q, "launcher", str, "queue", defaults.LAUNCHER)
     if launcher not in LAUNCHERS:
-        raise BadSpecError(f"spec.json: queue.launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+        raise BadSpecError(
+            f"spec.json: queue.launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}"
+        )
     sigs = _get(q, "oom_signatures", list, "queue", [])
     for s in sigs:
         try:
@@ -151,7 +154,9 @@ def _queue(q: Any) -> QueueSpec:
     return QueueSpec(
         gpus=list(gpus) if isinstance(gpus, list) else "auto",
         max_parallel=mp,
-        gpu_free_threshold_mib=_get(q, "gpu_free_threshold_mib", int, "queue", defaults.GPU_FREE_THRESHOLD_MIB),
+        gpu_free_threshold_mib=_get(
+            q, "gpu_free_threshold_mib", int, "queue", defaults.GPU_FREE_THRESHOLD_MIB
+        ),
         poll_interval=poll,
         kill_grace=_get(q, "kill_grace", float, "queue", defaults.KILL_GRACE),
         launcher=launcher,
@@ -165,7 +170,9 @@ def _job(d: Any, i: int) -> JobSpec:
         raise BadSpecError(f"spec.json: {where} must be an object")
     jid = _get(d, "id", str, where)
     if not JOB_ID_RE.match(jid):
-        raise BadSpecError(f"spec.json: {where}.id {jid!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (<= 128 chars)")
+        raise BadSpecError(
+            f"spec.json: {where}.id {jid!r} must match [A-Za-z0-9][A-Za-z0-9._-]* (<= 128 chars)"
+        )
     where = f"jobs[{i}] ({jid})"
     env = _get(d, "env", dict, where, {})
     if not all(isinstance(k, str) and re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", k) for k in env):

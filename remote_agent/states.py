@@ -1,7 +1,7 @@
 """Job states, the one table of allowed transitions, and the one function that changes a job's state.
 
-Nothing else assigns ``Job.status``: :func:`transition` checks the move against :data:`ALLOWED`, applies it and
-returns the journal record (time, reason, attempt) that the store appends, so the history is complete.
+Nothing else assigns ``Job.status``: :func:`transition` checks the move against :data:`ALLOWED`, applies it
+and returns the journal record (time, reason, attempt) that the store appends, so the history is complete.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The run directory's durable state: journal + snapshot, the run lock, agent.json and the control inbox.
 
 Crash safety. Every change is a JSON line appended to ``journal.jsonl`` and fsynced (one fsync per batch of
-records written together). ``queue_state.json`` is a snapshot (temp file, fsync, ``os.replace``) that carries
-the journal ``seq`` and byte offset it reflects; a reader loads it and replays only the journal tail, so status
-stays cheap for 10,000 jobs and no transition rewrites the whole state (that would be quadratic). A torn last
-journal line (crash mid-write) is ignored by readers and cut off by the next writer. Only ``flock``,
+records written together). ``queue_state.json`` is a snapshot (temp file, fsync, ``os.replace``) that
+carries the journal ``seq`` and byte offset it reflects; a reader loads it and replays only the journal tail,
+so status stays cheap for 10,000 jobs and no transition rewrites the whole state (that would be quadratic). A
+torn last journal line (crash mid-write) is ignored by readers and cut off by the next writer. Only ``flock``,
 ``fsync``, ``os.replace`` and ``O_EXCL`` are used, which NFS (v3 with lockd, v4) provides.
 
 One writer. The scheduler holds ``agent.lock`` (``fcntl.flock``) for its whole life; a control command with no
@@ -156,11 +156,13 @@ class Store:
         self._records_since_snapshot += len(records)
 
     def maybe_snapshot(self, now: float, force: bool = False) -> bool:
-        """Write the snapshot when forced, after SNAPSHOT_EVERY_RECORDS records, or when changes are older than
-        an interval that grows with the snapshot's own cost (so 10,000-job runs do not spend their time there)."""
+        """Write the snapshot when forced, after SNAPSHOT_EVERY_RECORDS records, or when changes are older
+        than an interval that grows with the snapshot's own cost (so 10,000-job runs do not live in it)."""
         if not self._records_since_snapshot and not force:
             return False
-        interval = max(defaults.tunable("SNAPSHOT_EVERY_SECONDS"), self._snapshot_cost * defaults.SNAPSHOT_COST_FACTOR)
+        interval = max(
+            defaults.tunable("SNAPSHOT_EVERY_SECONDS"), self._snapshot_cost * defaults.SNAPSHOT_COST_FACTOR
+        )
         if not (
             force
             or self._records_since_snapshot >= defaults.tunable("SNAPSHOT_EVERY_RECORDS")
@@ -264,7 +266,7 @@ class RunLock:
         return True
 
     def acquire(self, role: str, wait: float = 0.0) -> None:
-        """Take the lock, waiting up to ``wait`` s while a control command holds it; else ``already_running``."""
+        """Take the lock, waiting up to ``wait`` s while a control command holds it; else already_running."""
         deadline = time.monotonic() + wait
         while not self.try_acquire(role):
             holder = self.holder()

@@ -19,8 +19,8 @@ S = JobState
 
 
 def agent_info(run_dir: str) -> Dict[str, Any]:
-    """The scheduler as agent.json describes it, with ``alive`` checked (pid + start time, or heartbeat age when
-    it runs on another host sharing the directory over NFS)."""
+    """The scheduler as agent.json describes it, with ``alive`` checked (pid + start time, or heartbeat age
+    when it runs on another host sharing the directory over NFS)."""
     info = store.read_agent_json(run_dir)
     pid = info.get("pid")
     if not info:
@@ -44,8 +44,15 @@ def agent_info(run_dir: str) -> Dict[str, Any]:
 
 def job_row(j: Job) -> Dict[str, Any]:
     return {
-        "id": j.id, "phase": j.phase, "status": j.status.value, "attempts": j.attempts, "gpus": j.gpus,
-        "exit_code": j.exit_code, "reason": j.reason, "started_at": j.started_at, "ended_at": j.ended_at,
+        "id": j.id,
+        "phase": j.phase,
+        "status": j.status.value,
+        "attempts": j.attempts,
+        "gpus": j.gpus,
+        "exit_code": j.exit_code,
+        "reason": j.reason,
+        "started_at": j.started_at,
+        "ended_at": j.ended_at,
     }
 
 
@@ -81,8 +88,14 @@ def digest(
         "finished_at": st.meta.get("finished_at"),
         "eta_s": _eta(all_jobs, counts, spec),
         "running": [
-            {"id": j.id, "phase": j.phase, "gpus": j.gpus, "attempt": j.attempts, "started_at": j.started_at,
-             "elapsed_s": round(now - j.started_at, 3) if j.started_at else None}
+            {
+                "id": j.id,
+                "phase": j.phase,
+                "gpus": j.gpus,
+                "attempt": j.attempts,
+                "started_at": j.started_at,
+                "elapsed_s": round(now - j.started_at, 3) if j.started_at else None,
+            }
             for j in running[:rmax]
         ],
         "failures": _failures(all_jobs),
@@ -92,7 +105,11 @@ def digest(
     out.update(_gpu_view(run_dir, spec, agent, all_jobs))
     if jobs:
         want = set(states)
-        rows = [j for j in all_jobs if (not want or j.status.value in want) and (phase is None or j.phase == phase)]
+        rows = [
+            j
+            for j in all_jobs
+            if (not want or j.status.value in want) and (phase is None or j.phase == phase)
+        ]
         limit = int(defaults.tunable("STATUS_LIMIT")) if limit is None else limit
         out["jobs"] = [job_row(j) for j in rows[offset : offset + limit]]
         out["jobs_matching"] = len(rows)
@@ -105,8 +122,9 @@ def _eta(all_jobs: List[Job], counts: Dict[str, int], spec: RunSpec) -> Optional
     left = counts["pending"] + counts["running"] + counts["failed_oom"] + counts["failed_other"]
     if left == 0:
         return 0.0
-    durations = [j.ended_at - j.started_at for j in all_jobs
-                 if j.status == S.COMPLETED and j.ended_at and j.started_at]
+    durations = [
+        j.ended_at - j.started_at for j in all_jobs if j.status == S.COMPLETED and j.ended_at and j.started_at
+    ]
     if not durations:
         return None
     parallel = max(1, counts["running"], spec.queue.max_parallel or 0)
@@ -136,7 +154,11 @@ def _gpu_view(run_dir: str, spec: RunSpec, agent: Dict[str, Any], all_jobs: List
         return {"gpus": [], "gpu_error": None}
     if agent.get("alive"):
         info = store.read_agent_json(run_dir)
-        return {"gpus": info.get("gpus", []), "gpu_error": info.get("gpu_error"), "waiting": info.get("waiting", {})}
+        return {
+            "gpus": info.get("gpus", []),
+            "gpu_error": info.get("gpu_error"),
+            "waiting": info.get("waiting", {}),
+        }
     readings = gpus.read(time.time())
     held = gpus.held_map([(j.id, j.gpus) for j in all_jobs if j.status == S.RUNNING])
     stat = gpus.availability(readings, spec.queue.gpus, spec.queue.gpu_free_threshold_mib, held)
@@ -165,7 +187,14 @@ def logs(run_dir: str, job: Job, tail: int, attempt: Optional[int]) -> Dict[str,
     """The last ``tail`` lines of one attempt (default: the latest) of a job's log."""
     path = runner.log_path(run_dir, job.id)
     want = attempt if attempt is not None else job.attempts
-    out: Dict[str, Any] = {"ok": True, "job": job.id, "path": path, "attempt": want, "lines": [], "truncated": False}
+    out: Dict[str, Any] = {
+        "ok": True,
+        "job": job.id,
+        "path": path,
+        "attempt": want,
+        "lines": [],
+        "truncated": False,
+    }
     if not os.path.exists(path):
         return out
     start, end = _attempt_range(path, want, job)

@@ -40,9 +40,9 @@ def install(
 ) -> dict[str, str]:
     """Write ``config.json`` for a simulated server and return env additions (``SIMGPU_DIR``, ``PATH``).
 
-    ``foreign`` entries ``{"gpu", "mib", "start", "end"}`` are memory held by processes outside the queue between
-    ``start`` and ``end`` seconds after now (``end`` None = forever); ``na`` lists GPUs whose memory reads
-    ``[N/A]``; ``driver_failure`` makes ``nvidia-smi`` fail like a broken driver.
+    ``foreign`` entries ``{"gpu", "mib", "start", "end"}`` are memory held by processes outside the queue
+    between ``start`` and ``end`` seconds after now (``end`` None = forever); ``na`` lists GPUs whose memory
+    reads ``[N/A]``; ``driver_failure`` makes ``nvidia-smi`` fail like a broken driver.
     """
     sim_dir = Path(sim_dir)
     (sim_dir / "alloc").mkdir(parents=True, exist_ok=True)

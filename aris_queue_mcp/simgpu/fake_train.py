@@ -1,16 +1,17 @@
-"""A fake training script for the simulated GPU: "allocates" memory on its ``CUDA_VISIBLE_DEVICES`` and sleeps.
+"""A fake training script for the simulated GPU: "allocates" memory on ``CUDA_VISIBLE_DEVICES`` and sleeps.
 
 Runs as ``python -m aris_queue_mcp.simgpu.fake_train`` or as a plain script path. Under a flock on the sim
-directory it checks each visible GPU's free memory (total - baseline - active foreign load - live allocations);
-when ``--mem-mib`` does not fit it prints a real-looking PyTorch ``torch.OutOfMemoryError`` traceback to stderr
-and exits 1. Otherwise it records ``alloc/<pid>.json``, prints progress, sleeps ``--duration``, writes
-``--output`` (JSON with its arguments and GPU binding), drops its allocation and exits 0. An empty
-``CUDA_VISIBLE_DEVICES`` is a CPU run: no memory check.
+directory it checks each visible GPU's free memory (total - baseline - active foreign load - live
+allocations); when ``--mem-mib`` does not fit it prints a real-looking PyTorch ``torch.OutOfMemoryError``
+traceback to stderr and exits 1. Otherwise it records ``alloc/<pid>.json``, prints progress, sleeps
+``--duration``, writes ``--output`` (JSON with its arguments and GPU binding), drops its allocation and exits
+0. An empty ``CUDA_VISIBLE_DEVICES`` is a CPU run: no memory check.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -41,10 +42,11 @@ def _oom_traceback(want_mib: int, local_index: int, total_mib: int, free_mib: in
         '  File "/opt/conda/lib/python3.11/site-packages/torch/nn/modules/linear.py", line 117, in forward\n'
         "    return F.linear(input, self.weight, self.bias)\n"
         f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {want_mib / GIB:.2f} GiB. "
-        f"GPU {local_index} has a total capacity of {total_mib / GIB:.2f} GiB of which {free_mib / GIB:.2f} GiB "
-        f"is free. Process {os.getpid()} has {in_use / GIB:.2f} GiB memory in use. Of the allocated memory "
-        f"{in_use * 0.98 / GIB:.2f} GiB is allocated by PyTorch, and {in_use * 0.02 / GIB:.2f} GiB is reserved "
-        "by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        f"GPU {local_index} has a total capacity of {total_mib / GIB:.2f} GiB of which "
+        f"{free_mib / GIB:.2f} GiB is free. Process {os.getpid()} has {in_use / GIB:.2f} GiB memory in use. "
+        "Of the allocated memory "
+        f"{in_use * 0.98 / GIB:.2f} GiB is allocated by PyTorch, and {in_use * 0.02 / GIB:.2f} GiB is "
+        "reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for "
         "Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n"
     )
@@ -80,14 +82,16 @@ def visible_gpus() -> list[int]:
 
 
 def allocate(directory: str, gpus: list[int], mib: int) -> tuple[int, int, int, int] | None:
-    """Reserve ``mib`` on every GPU in ``gpus``; return ``(local, index, total, free)`` of one that lacks room."""
+    """Reserve ``mib`` on every GPU in ``gpus``; return ``(local, index, total, free)`` of one short of it."""
     with open(os.path.join(directory, "lock"), "a+") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         config = sim.load_config(directory)
         usage = sim.gpu_usage(directory, config)
         for local, gpu in enumerate(gpus):
             if gpu >= len(config["gpus"]):
-                raise SystemExit(f"RuntimeError: CUDA error: invalid device ordinal (CUDA_VISIBLE_DEVICES={gpu})")
+                raise SystemExit(
+                    f"RuntimeError: CUDA error: invalid device ordinal (CUDA_VISIBLE_DEVICES={gpu})"
+                )
             total = int(config["gpus"][gpu]["memory_total_mib"])
             free = total - usage[gpu]
             if mib > free:
@@ -102,18 +106,19 @@ def allocate(directory: str, gpus: list[int], mib: int) -> tuple[int, int, int, 
 
 
 def release(directory: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(directory, "alloc", f"{os.getpid()}.json"))
-    except FileNotFoundError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gpus = visible_gpus()
     directory = os.environ.get("SIMGPU_DIR", "")
-    print(f"fake_train: pid={os.getpid()} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r} "
-          f"job={os.environ.get('ARIS_JOB_ID', '')} attempt={os.environ.get('ARIS_ATTEMPT', '')}", flush=True)
+    print(
+        f"fake_train: pid={os.getpid()} CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r} "
+        f"job={os.environ.get('ARIS_JOB_ID', '')} attempt={os.environ.get('ARIS_ATTEMPT', '')}",
+        flush=True,
+    )
     if args.alloc_after > 0:
         time.sleep(args.alloc_after)
     if args.fail == "error":
@@ -136,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step}/{steps} loss={1.0 / step:.4f}", flush=True)
         if args.output:
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-            payload = {"args": vars(args), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                       "job": os.environ.get("ARIS_JOB_ID"), "attempt": os.environ.get("ARIS_ATTEMPT"),
-                       "pid": os.getpid()}
+            payload = {
+                "args": vars(args),
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                "job": os.environ.get("ARIS_JOB_ID"),
+                "attempt": os.environ.get("ARIS_ATTEMPT"),
+                "pid": os.getpid(),
+            }
             with open(args.output, "w", encoding="utf-8") as f:
                 json.dump(payload, f)
         print("fake_train: done", flush=True)

@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """A faithful fake ``nvidia-smi`` backed by a simulated GPU state directory (``$SIMGPU_DIR``).
 
-Self-contained on purpose (standard library only, no imports from the rest of the package) so the file can be
-copied onto a remote ``PATH`` as ``nvidia-smi``; ``bin/nvidia-smi`` is a link to it. ``fake_train`` imports the
-accounting helpers (:func:`load_config`, :func:`gpu_usage`) from here so both agree on what a GPU holds.
-
+Self-contained on purpose (standard library only, no imports from the rest of the package) so the file can
+be copied onto a remote ``PATH`` as ``nvidia-smi``; ``bin/nvidia-smi`` is a link to it. ``fake_train``
+imports the accounting helpers (:func:`load_config`, :func:`gpu_usage`) from here so both agree on what a GPU
+holds.
 State directory layout::
 
     config.json      {"gpus": [{"name", "uuid", "memory_total_mib", "baseline_used_mib", "na"}],
-                      "foreign": [{"gpu", "mib", "start", "end"}], "epoch": <unix time>, "driver_failure": bool}
+                      "foreign": [{"gpu", "mib", "start", "end"}], "epoch": <unix time>,
+                      "driver_failure": bool}
     alloc/<pid>.json {"gpus": {"<index>": mib}, "start": "<proc start ticks>"} of running fake jobs
     lock             flock taken by fake jobs while they check and allocate memory
 
-Output formats copy the real tool: ``--query-gpu=... --format=csv[,noheader][,nounits]`` rows are joined by
-``", "``; memory of a GPU marked ``"na"`` reads ``[N/A]``; a driver failure prints the real message and exits 9;
-an unknown field prints ``Field "x" is not a valid field to query.`` and exits 2.
+Output formats copy the real tool: ``--query-gpu=... --format=csv[,noheader][,nounits]`` rows are joined
+by ``", "``; memory of a GPU marked ``"na"`` reads ``[N/A]``; a driver failure prints the real message and
+exits 9; an unknown field prints ``Field "x" is not a valid field to query.`` and exits 2.
 """
 
 from __future__ import annotations
@@ -113,19 +114,19 @@ def gpu_usage(directory: str, config: dict, now: float | None = None) -> list[in
     elapsed = now - float(config.get("epoch", now))
     for fl in config.get("foreign", []):
         end = fl.get("end")
-        if float(fl.get("start", 0)) <= elapsed and (end is None or elapsed < float(end)):
-            if 0 <= int(fl["gpu"]) < len(gpus):
-                used[int(fl["gpu"])] += int(fl["mib"])
+        active = float(fl.get("start", 0)) <= elapsed and (end is None or elapsed < float(end))
+        if active and 0 <= int(fl["gpu"]) < len(gpus):
+            used[int(fl["gpu"])] += int(fl["mib"])
     for _pid, gpu, mib in live_allocations(directory):
         if 0 <= gpu < len(gpus):
             used[gpu] += mib
-    return [min(u, int(g["memory_total_mib"])) for u, g in zip(used, gpus)]
+    return [min(u, int(g["memory_total_mib"])) for u, g in zip(used, gpus)]  # noqa: B905 - runs on Python 3.8 too
 
 
 def _value(field: str, i: int, gpu: dict, used: int, units: bool) -> str:
     total = int(gpu["memory_total_mib"])
     na = bool(gpu.get("na"))
-    header, unit = GPU_FIELDS[field]
+    unit = GPU_FIELDS[field][1]
     if field == "index":
         return str(i)
     if field == "uuid":
@@ -186,7 +187,10 @@ def table(directory: str) -> str:
     """A short version of the default human table (enough for eyeballing, not parsed by anyone)."""
     config = load_config(directory)
     usage = gpu_usage(directory, config)
-    out = [time.strftime("%a %b %d %H:%M:%S %Y"), f"NVIDIA-SMI {DRIVER_VERSION}    Driver Version: {DRIVER_VERSION}"]
+    out = [
+        time.strftime("%a %b %d %H:%M:%S %Y"),
+        f"NVIDIA-SMI {DRIVER_VERSION}    Driver Version: {DRIVER_VERSION}",
+    ]
     for i, gpu in enumerate(config["gpus"]):
         mem = "[N/A]" if gpu.get("na") else f"{usage[i]}MiB / {gpu['memory_total_mib']}MiB"
         out.append(f"|  {i}  {gpu['name']:<28} | {mem:>22} |")
@@ -218,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"GPU {i}: {gpu['name']} (UUID: {gpu['uuid']})\n")
             return 0
         else:
-            sys.stdout.write('Invalid combination of input arguments. Please run "nvidia-smi -h" for help.\n\n')
+            sys.stdout.write(
+                'Invalid combination of input arguments. Please run "nvidia-smi -h" for help.\n\n'
+            )
             return 2
     if query is None:
         sys.stdout.write(table(directory))
