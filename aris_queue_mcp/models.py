@@ -6,9 +6,11 @@ agent that adds fields does not break an older MCP side.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from .preconditions import PreconditionReport
 
 
 class _Model(BaseModel):
@@ -160,7 +162,7 @@ class LaunchResult(_Model):
     agent_pid: int | None = Field(default=None, description="Scheduler process id on the host.")
     message: str = Field(description="What happened and what to do next.")
     plan: ExpandResult | None = Field(default=None, description="dry_run only: the expanded jobs.")
-    preconditions: dict[str, Any] | None = Field(
+    preconditions: PreconditionReport | None = Field(
         default=None, description="dry_run only: the precondition report (host facts, blocked jobs)."
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,6 +158,10 @@ class RunRegistry:
     def find_by_manifest_sha(self, sha256: str) -> list[RunRecord]:
         """Runs launched from exactly this manifest text, newest first."""
         return [r for r in self.list() if r.manifest_sha256 == sha256]
+
+    def remove(self, run_id: str) -> None:
+        """Forget a run (its local directory only; nothing on the host is touched)."""
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
     def write_summary(self, run_id: str, markdown: str) -> Path:
         """Write ``summary.md`` of a run and return its path."""

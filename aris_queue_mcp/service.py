@@ -7,6 +7,7 @@ messages say what to do next.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from . import deploy
 from .client import AgentClient
 from .errors import AgentError, ArisQueueError, TransportError
-from .manifest import load_manifest
+from .manifest import Manifest, load_manifest
 from .models import (
     CancelResult,
     DrainResult,
@@ -79,13 +80,17 @@ class QueueService:
     # --- manifest ------------------------------------------------------------------------------------------
 
     def expand_grid(
-        self, manifest: str | Mapping[str, Any], *, offset: int = 0, limit: int = EXPAND_PAGE
+        self,
+        manifest: str | os.PathLike[str] | Mapping[str, Any],
+        *,
+        offset: int = 0,
+        limit: int = EXPAND_PAGE,
     ) -> ExpandResult:
         """The explicit job list of a manifest (YAML text, a path, or a mapping); nothing runs."""
         m = self._load(manifest)
         return _expand_result(m, build_run_spec(m), offset, limit)
 
-    def check_preconditions(self, manifest: str | Mapping[str, Any]) -> PreconditionReport:
+    def check_preconditions(self, manifest: str | os.PathLike[str] | Mapping[str, Any]) -> PreconditionReport:
         """Evaluate the manifest's preconditions on its host: which jobs could start, which are blocked."""
         m = self._load(manifest)
         return _check_preconditions(m, build_run_spec(m), self._transport(manifest_target(m)))
@@ -94,7 +99,7 @@ class QueueService:
 
     def launch_queue(
         self,
-        manifest: str | Mapping[str, Any],
+        manifest: str | os.PathLike[str] | Mapping[str, Any],
         *,
         dry_run: bool = False,
         force: bool = False,
@@ -117,7 +122,7 @@ class QueueService:
                 host=host.label,
                 total_jobs=total,
                 plan=_expand_result(m, spec, 0, EXPAND_PAGE),
-                preconditions=report.model_dump(mode="json"),
+                preconditions=report,
                 message=f"dry run: {total} jobs would run on {host.label}, {report.blocked_count} blocked by "
                 "preconditions; nothing was launched. Call launch_queue without dry_run to start.",
             )
@@ -147,13 +152,18 @@ class QueueService:
             local=target == "local",
         )
         self.registry.create(record, m.source_text, spec.to_json())
-        install = deploy.ensure_agent(
-            host, root, m.python, progress=lambda d, t, msg: say(2 + 3 * d / t, msg)
-        )
-        record.agent_path, record.agent_sha256 = install.path, install.sha256
-        self.registry.save(record)
-        say(5, f"creating {record.remote_run_dir}")
-        deploy.create_run_dir(host, install, spec.run_id, spec.to_json())
+        try:
+            install = deploy.ensure_agent(
+                host, root, m.python, progress=lambda d, t, msg: say(2 + 3 * d / t, msg)
+            )
+            record.agent_path, record.agent_sha256 = install.path, install.sha256
+            self.registry.save(record)
+            say(5, f"creating {record.remote_run_dir}")
+            deploy.create_run_dir(host, install, spec.run_id, spec.to_json())
+        except BaseException:
+            # Nothing runs yet: forget the run, so that fixing the cause and launching again starts clean.
+            self.registry.remove(spec.run_id)
+            raise
         say(6, "starting the scheduler")
         pid = deploy.start_agent(self._client(record), record.remote_run_dir)
         record.launched_at = utc_now_iso()
@@ -183,7 +193,14 @@ class QueueService:
             record.agent_path, record.agent_sha256 = install.path, install.sha256
             self.registry.save(record)
         client = self._client(record)
-        digest = client.status(record.remote_run_dir)
+        try:
+            digest = client.status(record.remote_run_dir)
+        except AgentError as exc:
+            if exc.code != "no_run_dir":
+                raise
+            # The run never got its directory (or it was deleted): rebuild it from the recorded spec.
+            deploy.create_run_dir(host, install, run_id, self.registry.spec_json(run_id))
+            digest = client.status(record.remote_run_dir)
         base = dict(
             run_id=run_id,
             host=host.label,
@@ -384,8 +401,14 @@ class QueueService:
 
     # --- plumbing -------------------------------------------------------------------------------------------
 
-    def _load(self, manifest: str | Mapping[str, Any]) -> Any:
-        return load_manifest(manifest, base_dir=None if _is_path_like(manifest) else self.project_dir)
+    def _load(self, manifest: str | os.PathLike[str] | Mapping[str, Any]) -> Manifest:
+        if _is_path_like(manifest):
+            path = Path(os.fspath(manifest)).expanduser()  # type: ignore[arg-type]
+            # A relative path names a file of the project, whatever the server's working directory.
+            if not path.is_absolute() and (self.project_dir / path).is_file():
+                path = self.project_dir / path
+            return load_manifest(path)
+        return load_manifest(manifest, base_dir=self.project_dir)
 
     def _transport(self, target: str) -> Transport:
         return self.pool.get(target)
@@ -475,14 +498,19 @@ def _stepper(progress: ProgressFn | None) -> Callable[[float, str], None]:
 
 
 def _is_path_like(source: Any) -> bool:
-    return not isinstance(source, (str, Mapping)) or (isinstance(source, str) and "\n" not in source)
+    """Mirror of how load_manifest tells a file path from YAML text."""
+    if isinstance(source, os.PathLike):
+        return True
+    if not isinstance(source, str) or "\n" in source or len(source) >= 4096:
+        return False
+    return os.path.isfile(source) or source.lower().endswith((".yaml", ".yml", ".json"))
 
 
 def _strip(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "ok"}
 
 
-def _expand_result(m: Any, spec: RunSpec, offset: int, limit: int) -> ExpandResult:
+def _expand_result(m: Manifest, spec: RunSpec, offset: int, limit: int) -> ExpandResult:
     offset, limit = max(0, offset), max(0, limit)
     per_phase = Counter(j.phase or "" for j in spec.jobs)
     page = spec.jobs[offset : offset + limit]
