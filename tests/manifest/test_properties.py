@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,12 @@ from aris_queue_mcp.errors import ManifestError
 from aris_queue_mcp.grid import expand_jobs
 from aris_queue_mcp.manifest import load_manifest
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Modest by default to keep the suite fast; ARIS_HYPOTHESIS_EXAMPLES=2000 for a deeper search.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("ARIS_HYPOTHESIS_EXAMPLES", "40")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,6}", fullmatch=True).filter(lambda s: s != "GPU")
 scalars = st.one_of(
@@ -29,7 +35,7 @@ grids = st.dictionaries(names, distinct_values, min_size=1, max_size=4)
 def test_grid_expands_to_product_with_unique_ids(grid: dict[str, list[int]]) -> None:
     keys = list(grid)
     template = {
-        "id": "_".join(f"{k}${{{k}}}" for k in keys),
+        "id": "j_" + "_".join(f"{k}${{{k}}}" for k in keys),
         "cmd": "run " + " ".join(f"${{{k}}}" for k in keys),
     }
     manifest = load_manifest({"project": "p", "grid": grid, "template": template})
