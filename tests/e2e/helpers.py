@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -67,6 +68,17 @@ def wait_until(svc: QueueService, run_id: str, predicate: Any, timeout: float = 
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not reached in {timeout}s: {st.model_dump_json(indent=1)}")
         time.sleep(0.05)
+
+
+def launches_per_attempt(run_dir: Path) -> dict[tuple[str, int], int]:
+    """How often the journal records a process launch for each (job, attempt)."""
+    out: dict[tuple[str, int], int] = {}
+    for line in (run_dir / "journal.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "launch":
+            key = (rec["job"], rec["attempt"])
+            out[key] = out.get(key, 0) + 1
+    return out
 
 
 def attempt_headers(log_text: str, job: str) -> int:

@@ -15,7 +15,7 @@ import pytest
 from aris_queue_mcp.errors import ArisQueueError, ManifestError
 from aris_queue_mcp.service import QueueService
 
-from .helpers import attempt_headers, manifest, train_cmd, wait_finished, wait_until
+from .helpers import attempt_headers, launches_per_attempt, manifest, train_cmd, wait_finished, wait_until
 
 
 def _phased(tmp_path: Path, **fields: object) -> dict:
@@ -104,6 +104,9 @@ def test_local_run_to_completion(service: QueueService, tmp_path: Path, local_si
     gpus = service.gpu_status(run_id=res.run_id)
     assert len(gpus.gpus) == 2 and gpus.error is None and gpus.host == "local"
     assert service.queue_status().run_id == res.run_id  # no run id: the latest run
+    t0 = time.monotonic()
+    same = service.queue_status(res.run_id, wait_s=0.5, since_seq=st.seq)
+    assert same.changed is False and same.seq == st.seq and time.monotonic() - t0 < 5
 
 
 def test_launching_twice_returns_the_running_run(
@@ -188,6 +191,7 @@ def test_kill_9_then_resume_finishes_without_duplicates(
         assert attempt_headers(log, job) == 1, log
     starts = [e for e in _history(service, res.run_id) if e["to"] == "running"]
     assert sorted(e["job"] for e in starts) == ["j0", "j1", "j2", "j3"]
+    assert launches_per_attempt(run_dir) == {(j, 1): 1 for j in ("j0", "j1", "j2", "j3")}
     assert len(service.registry.load(res.run_id).resumed_at) == 1
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +17,7 @@ from aris_queue_mcp.errors import HostKeyError
 from aris_queue_mcp.service import QueueService
 
 from .conftest import cancel_all
-from .helpers import attempt_headers, manifest, train_cmd, wait_finished, wait_until
+from .helpers import attempt_headers, launches_per_attempt, manifest, train_cmd, wait_finished, wait_until
 
 
 @pytest.fixture
@@ -99,23 +101,31 @@ def test_grid_over_ssh_completes_with_one_oom_retry(
     )
 
 
-def test_scheduler_survives_losing_the_ssh_connection(
+def test_scheduler_survives_losing_the_ssh_connection_and_a_kill_9(
     ssh_service: QueueService, server: Any, tmp_path: Path
 ) -> None:
-    jobs = [{"id": f"j{i}", "cmd": train_cmd(duration=1.0)} for i in range(4)]
+    jobs = [{"id": f"j{i}", "cmd": train_cmd(duration=1.5)} for i in range(4)]
     res = ssh_service.launch_queue(_ssh_manifest(tmp_path, "survive", jobs=jobs))
     wait_until(ssh_service, res.run_id, lambda s: s.counts.get("running", 0) >= 1)
     ssh_service.close()
     server.stop()  # every connection drops, as on a network loss
-    time.sleep(1.0)
+    time.sleep(0.5)
     server.start()
     fresh = QueueService(tmp_path, ssh_options=_options(server))
     try:
+        # The scheduler kept going without any connection; now it dies hard, and resume picks the run up.
+        st = wait_until(fresh, res.run_id, lambda s: s.agent.alive and s.counts.get("running", 0) >= 1)
+        assert st.agent.pid
+        os.kill(st.agent.pid, signal.SIGKILL)
+        wait_until(fresh, res.run_id, lambda s: not s.agent.alive)
+        assert fresh.resume(res.run_id).status == "resumed"
         st = wait_finished(fresh, res.run_id, timeout=30)
         assert st.counts.get("completed") == 4, st
         for job in ("j0", "j1", "j2", "j3"):
             lines = fresh.tail_log(res.run_id, job, lines=100).lines
             assert attempt_headers("\n".join(lines), job) == 1
+        run_dir = Path(res.remote_run_dir or "")
+        assert launches_per_attempt(run_dir) == {(j, 1): 1 for j in ("j0", "j1", "j2", "j3")}
     finally:
         fresh.close()
 
