@@ -183,6 +183,7 @@ def _drafts_for(m: Manifest, phase: Phase | None, pi: int | None, col: _Collecto
     prefix = f"phases[{pi}]." if pi is not None else ""
     src: Any = phase if phase is not None else m
     default_cmd = ((phase.default_cmd if phase else None) or m.default_cmd or "").strip()
+    default_cmd_path = f"{prefix}default_cmd" if phase is not None and phase.default_cmd else "default_cmd"
     pre_groups = [("", list(m.preconditions))] + ([(prefix, list(phase.preconditions))] if phase else [])
     phase_name = phase.name if phase else None
     drafts: list[_Draft] = []
@@ -217,7 +218,7 @@ def _drafts_for(m: Manifest, phase: Phase | None, pi: int | None, col: _Collecto
             args = {
                 k: _typed(v, variables, lambda t, k=k: sub(t, f"{where}.args.{k}")) for k, v in args.items()
             }
-        base = sub(cmd.strip(), f"{where}.cmd") if cmd else sub(default_cmd, "default_cmd")
+        base = sub(cmd.strip(), f"{where}.cmd") if cmd else sub(default_cmd, default_cmd_path)
         rendered_args = render_args(args) if args else ""
         full_cmd = f"{base} {rendered_args}" if rendered_args else base
         output_check = entry.output_check if entry else None

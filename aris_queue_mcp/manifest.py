@@ -473,13 +473,22 @@ def _convert(err: Any) -> FieldError:
 
 
 # ---------------------------------------------------------------------------------------------------- checks
+def _is_empty(key: str, jobs: Any, phases: Any) -> bool:
+    """An empty ``jobs: []`` / ``phases: []`` would silently mean a queue with nothing to do."""
+    return (key == "jobs" and jobs == []) or (key == "phases" and phases == [])
+
+
 def _exactly_one_source(
     where: str, jobs: Any, grid: Any, template: Any, phases: Any, default_cmd: str | None, *, top: bool
 ) -> list[FieldError]:
     """Structure checks shared by the top level (``top``) and phases."""
     prefix = f"{where}." if where else ""
     given = [k for k, v in (("jobs", jobs), ("grid", grid), ("phases", phases)) if v is not None]
-    errors = []
+    errors = [
+        FieldError(f"{prefix}{k}", f"{k} is empty: list at least one")
+        for k in given
+        if _is_empty(k, jobs, phases)
+    ]
     if not given:
         if template is not None:
             return [FieldError(f"{prefix}template", "a template needs a grid: add `grid: {name: [values]}`")]
@@ -616,11 +625,11 @@ def _read_source(source: Any, base_dir: Path | None) -> tuple[Any, str, Path]:
         return data, yaml.safe_dump(data, sort_keys=False), (base_dir or Path.cwd()).resolve()
     path: Path | None = None
     if isinstance(source, os.PathLike):
-        path = Path(source)
+        path = Path(source).expanduser()
     elif isinstance(source, str) and "\n" not in source and len(source) < 4096:
         looks_like_path = source.lower().endswith((".yaml", ".yml", ".json"))
         if os.path.isfile(source) or looks_like_path:
-            path = Path(source)
+            path = Path(source).expanduser()
     if path is not None:
         try:
             text = path.read_text(encoding="utf-8")
