@@ -40,8 +40,6 @@ VAR_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # use with fullmatch
 RESERVED_VARS = frozenset({"GPU"})
 LOCAL = "local"
 
-_Scalar = str | int | float | bool
-
 
 def scalar_text(value: Any) -> str:
     """How a value reads inside a string: YAML-style booleans, lists joined by spaces."""
