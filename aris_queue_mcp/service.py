@@ -8,6 +8,7 @@ messages say what to do next.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -51,6 +52,7 @@ REFRESH_TIMEOUT = 15.0
 """Seconds list_runs(refresh=True) waits for each run's agent."""
 
 _LAUNCH_STEPS = 8.0
+_OOM_RE = re.compile(r"out ?of ?memory|\bOOM\b", re.IGNORECASE)
 
 
 class QueueService:
@@ -551,44 +553,43 @@ def _blocked_message(report: PreconditionReport, host: str) -> str:
 def next_call_hint(s: QueueStatus) -> str:
     """One line telling the caller what to do next, from the state of the queue."""
     rid = repr(s.run_id)
-    counts = s.counts
-    pending, running = counts.get("pending", 0), counts.get("running", 0)
-    waiting = counts.get("failed_oom", 0) + counts.get("failed_other", 0)
-    stuck, blocked = counts.get("stuck", 0), counts.get("blocked", 0)
-    active = pending + running + waiting
-    if active and not s.agent.alive and s.agent.state != "draining":
+    c = s.counts
+    pending, running = c.get("pending", 0), c.get("running", 0)
+    active = pending + running + c.get("failed_oom", 0) + c.get("failed_other", 0)
+    stuck, blocked = c.get("stuck", 0), c.get("blocked", 0)
+    follow = f"queue_status(run_id={rid}, wait_s=60, since_seq={s.seq})"
+    if s.agent.state == "draining" and active:
+        return f"draining: {running} running job(s) finish, {pending} wait; resume(run_id={rid}) starts them"
+    if active and not s.agent.alive:
         return (
             f"the scheduler is not running ({s.agent.state or 'never started'}) but {active} job(s) are "
             f"unfinished: call resume(run_id={rid})"
         )
+    also = f" ({running} running, {pending} pending; follow with {follow})" if active else ""
     if stuck:
-        oom = [f for f in s.failures if "memory" in f.signature.lower() or "oom" in f.signature.lower()]
-        if oom and oom[0].states.get("stuck"):
+        group = next((f for f in s.failures if f.states.get("stuck")), None)
+        if group is not None and _OOM_RE.search(group.signature):
             return (
-                f"{stuck} job(s) stuck, e.g. with {oom[0].signature}: call retry_job(run_id={rid}, "
-                "stuck=true) once GPU memory is free (gpu_status shows it)"
+                f"{stuck} job(s) stuck with {group.signature}: call retry_job(run_id={rid}, stuck=true) "
+                f"once GPU memory is free (gpu_status shows it){also}"
             )
-        first = s.failures[0] if s.failures else None
-        job = first.jobs[0] if first and first.jobs else None
+        job = group.jobs[0] if group and group.jobs else None
         look = (
             f"tail_log(run_id={rid}, job_id={job!r})"
             if job
             else f"queue_status(run_id={rid}, states=['stuck'])"
         )
-        sig = f" ({first.signature})" if first else ""
+        sig = f" with {group.signature}" if group else ""
         return (
-            f"{stuck} job(s) stuck{sig}: read {look}, fix the cause, then retry_job(run_id={rid}, stuck=true)"
+            f"{stuck} job(s) stuck{sig}: read {look}, fix it, then retry_job(run_id={rid}, stuck=true){also}"
         )
     if active:
         eta = f", ETA ~{_fmt_s(s.eta_s)}" if s.eta_s else ""
-        return (
-            f"{running} running, {pending} pending{eta}: call queue_status(run_id={rid}, wait_s=60, "
-            f"since_seq={s.seq}) to wait for the next change"
-        )
+        return f"{running} running, {pending} pending{eta}: call {follow} to wait for the next change"
     if blocked:
         return (
-            f"finished with {blocked} job(s) blocked by failed dependencies: fix the failed job and "
-            f"retry_job(run_id={rid}, ...), or call summarize(run_id={rid})"
+            f"finished with {blocked} job(s) blocked by a failed dependency: retry the failed job with "
+            f"retry_job(run_id={rid}, job_id=...), or call summarize(run_id={rid})"
         )
     return f"the queue is finished: call summarize(run_id={rid}) for the report"
 
