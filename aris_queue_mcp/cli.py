@@ -23,6 +23,9 @@ from .service import QueueService
 WAIT_SLICE_S = 30.0
 """Seconds one status call of ``launch --wait`` / ``status --follow`` blocks on the host for a change."""
 
+JSON_JOB_LIMIT = 100_000
+"""Job rows ``status --json`` returns when no --limit is given: all of them for any realistic queue."""
+
 ACTIVE_STATES = ("pending", "running", "failed_oom", "failed_other")
 
 
@@ -89,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--state", action="append", help="with --jobs: only this state (repeatable)")
     c.add_argument("--phase", help="with --jobs: only this phase")
     c.add_argument("--offset", type=int, default=0)
-    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--limit", type=int, help="rows per page (default 50; with --json all jobs)")
     c.add_argument("--wait", type=float, default=0, help="wait up to N seconds for the next change")
     c.add_argument("--since-seq", type=int, help="with --wait: the seq of the status you last saw")
     c.add_argument("--follow", action="store_true", help="print each change until the queue is done")
@@ -171,13 +174,16 @@ def _run(args: argparse.Namespace, svc: QueueService) -> int:
             final = follow(svc, args.run_id or svc.registry.latest().run_id, _progress_line)
             _emit(args, final, textview.status)
         else:
+            # Machines reading --json get the job table too (id, status, attempts), all of it by default.
+            rows = args.jobs or args.json
+            limit = args.limit if args.limit is not None else (JSON_JOB_LIMIT if args.json else 50)
             s = svc.queue_status(
                 args.run_id,
-                include_jobs=args.jobs,
+                include_jobs=rows,
                 states=args.state,
                 phase=args.phase,
                 offset=args.offset,
-                limit=args.limit,
+                limit=limit,
                 wait_s=args.wait,
                 since_seq=args.since_seq,
             )
