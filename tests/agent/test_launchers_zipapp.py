@@ -1,0 +1,142 @@
+"""screen/tmux launchers, and the agent shipped as a zipapp running under Python 3.8."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import zipapp
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.simgpu import REPO, agent, job, make_run, status, train_cmd, wait_for
+
+PY38 = "/root/.pyenv/versions/3.8.18/bin/python3.8"
+
+
+@pytest.fixture
+def tmux_env(tmp_path, monkeypatch):
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    sock_dir = tmp_path / "tmux"
+    sock_dir.mkdir()
+    monkeypatch.setenv("TMUX_TMPDIR", str(sock_dir))  # a private tmux server for this test
+    monkeypatch.delenv("TMUX", raising=False)
+    yield
+    subprocess.run(["tmux", "kill-server"], capture_output=True)
+
+
+def test_tmux_launcher_runs_attachable_sessions_and_cleans_them(simgpu, tmp_path, tmux_env):
+    jobs = [
+        job("t.1", train_cmd(duration=0.3, output="o.json"), output_check="o.json"),
+        job("t.2", "echo gpu=$CUDA_VISIBLE_DEVICES; exit 4", retry={"delay": 0, "max_attempts": 1}),
+    ]
+    run_dir = make_run(tmp_path, jobs, launcher="tmux", run_id="tm")
+    res = agent("run", "--run-dir", str(run_dir))
+    assert res.rc == 0, res
+    js = {j["id"]: j for j in status(run_dir, "--jobs")["jobs"]}
+    assert js["t.1"]["status"] == "completed"
+    assert js["t.2"]["status"] == "stuck" and js["t.2"]["exit_code"] == 4
+    log = (run_dir / "logs" / "t.2.log").read_text()
+    assert f"gpu={js['t.2']['gpus'][0]}" in log
+    # Sessions of finished jobs are gone.
+    ls = subprocess.run(["tmux", "ls"], capture_output=True, text=True)
+    assert "aris-tm" not in ls.stdout
+
+
+def test_tmux_session_is_attachable_while_the_job_runs(simgpu, tmp_path, tmux_env, cleanup_run_dirs):
+    run_dir = make_run(
+        tmp_path,
+        [job("a", "while [ ! -e go ]; do sleep 0.02; done", gpus_per_job=0)],
+        launcher="tmux",
+        run_id="tm2",
+        gpus=[],
+    )
+    cleanup_run_dirs.append(run_dir)
+    assert agent("run", "--run-dir", str(run_dir), "--detach").rc == 0
+    wait_for(lambda: status(run_dir)["counts"]["running"] == 1, what="job running")
+    ls = wait_for(
+        lambda: (r := subprocess.run(["tmux", "ls"], capture_output=True, text=True)).stdout and r.stdout,
+        what="tmux session",
+    )
+    assert "aris-tm2-a-1" in ls
+    (tmp_path / "work" / "go").touch()
+    wait_for(lambda: status(run_dir)["agent"]["state"] == "finished", what="finished")
+
+
+def test_missing_launcher_fails_the_attempt_with_a_clear_reason(simgpu, tmp_path, monkeypatch):
+    missing = "screen" if shutil.which("screen") is None else None
+    if missing is None:
+        pytest.skip("screen is installed here; nothing is missing")
+    run_dir = make_run(tmp_path, [job("a", "true", gpus_per_job=0)], launcher="screen", gpus=[])
+    assert agent("run", "--run-dir", str(run_dir)).rc == 0
+    a = status(run_dir, "--jobs")["jobs"][0]
+    assert a["status"] == "stuck" and "launcher 'screen' is not installed" in a["reason"]
+
+
+def test_screen_launcher(simgpu, tmp_path):
+    if shutil.which("screen") is None:
+        pytest.skip("screen is not installed")
+    run_dir = make_run(
+        tmp_path, [job("a", "echo hi-$ARIS_JOB_ID", gpus_per_job=0)], launcher="screen", gpus=[], run_id="sc"
+    )
+    assert agent("run", "--run-dir", str(run_dir)).rc == 0
+    assert status(run_dir, "--jobs")["jobs"][0]["status"] == "completed"
+    assert "hi-a" in (run_dir / "logs" / "a.log").read_text()
+    ls = subprocess.run(["screen", "-ls"], capture_output=True, text=True)
+    assert "aris-sc-a-1" not in ls.stdout
+
+
+def build_zipapp(dest: Path) -> Path:
+    """Build the agent zipapp the way the MCP side does: the package files plus a top-level __main__.py."""
+    src = dest / "src"
+    shutil.copytree(REPO / "remote_agent", src / "remote_agent", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "__main__.py").write_text("from remote_agent.__main__ import main\nraise SystemExit(main())\n")
+    target = dest / "agent.pyz"
+    zipapp.create_archive(src, target)
+    return target
+
+
+@pytest.mark.skipif(not os.path.exists(PY38), reason="Python 3.8 is not installed")
+def test_zipapp_runs_a_queue_under_python_3_8(simgpu, tmp_path):
+    pyz = build_zipapp(tmp_path)
+    out = subprocess.run([PY38, str(pyz), "version"], capture_output=True, text=True, cwd="/")
+    ver = json.loads(out.stdout)
+    assert ver["ok"] and ver["python"].startswith("3.8.") and ver["version"] == "0.1.0"
+    jobs = [
+        job("a", train_cmd(output="a.json"), output_check="a.json"),
+        job("b", depends_on=["a"]),
+        job("c", "exit 1", gpus_per_job=0),
+    ]
+    run_dir = make_run(tmp_path, jobs)
+    out = subprocess.run(
+        [PY38, str(pyz), "run", "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    res = json.loads(out.stdout)
+    assert res["ok"] and res["counts"]["completed"] == 2 and res["counts"]["stuck"] == 1, (res, out.stderr)
+    st = json.loads(
+        subprocess.run(
+            [PY38, str(pyz), "status", "--run-dir", str(run_dir), "--jobs"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+        ).stdout
+    )
+    assert {j["id"]: j["status"] for j in st["jobs"]} == {"a": "completed", "b": "completed", "c": "stuck"}
+    # A detached start works from the zipapp too (the double fork must not depend on __file__).
+    run2 = make_run(tmp_path / "second", [job("x", "true", gpus_per_job=0)], gpus=[])
+    out = subprocess.run(
+        [PY38, str(pyz), "run", "--run-dir", str(run2), "--detach"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        timeout=60,
+    )
+    assert json.loads(out.stdout)["ok"], out
+    wait_for(lambda: status(run2)["agent"]["state"] == "finished", what="detached zipapp agent finished")
