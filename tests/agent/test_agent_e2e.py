@@ -385,3 +385,38 @@ def test_status_paging_wait_logs_history_and_gpus(simgpu, tmp_path):
     assert usage.rc == 2 and usage.out["error"] == "usage"
     missing = agent("status", "--run-dir", str(tmp_path / "nope"))
     assert missing.rc == 1 and missing.out["error"] == "no_run_dir"
+
+
+def test_retry_while_the_scheduler_runs(simgpu, tmp_path, cleanup_run_dirs):
+    flag = tmp_path / "work" / "ok"
+    jobs = [
+        job("a", f"test -e {flag}", gpus_per_job=0),
+        job("b", "true", gpus_per_job=0, depends_on=["a"]),
+        job("keepalive", gate("go"), gpus_per_job=0),
+    ]
+    run_dir = make_run(tmp_path, jobs, gpus=[])
+    detach(run_dir, cleanup_run_dirs)
+    wait_for(lambda: jobs_by_id(run_dir)["b"]["status"] == "blocked", what="b blocked")
+    flag.touch()
+    res = agent("retry", "--run-dir", str(run_dir), "--failed")
+    assert res.rc == 0 and res.out["retried"] == ["a"] and res.out["agent_running"] is True
+    wait_for(lambda: jobs_by_id(run_dir)["b"]["status"] == "completed", what="b completed after retry")
+    (tmp_path / "work" / "go").touch()
+    st = wait_state(run_dir, "finished")
+    assert st["counts"]["completed"] == 3
+
+
+def test_cancel_after_the_scheduler_died_kills_orphaned_jobs(simgpu, tmp_path, cleanup_run_dirs):
+    run_dir = make_run(tmp_path, [job("a", "sleep 60", gpus_per_job=0)], gpus=[], kill_grace=0.2)
+    first = detach(run_dir, cleanup_run_dirs)
+    wait_for(lambda: jobs_by_id(run_dir)["a"]["status"] == "running", what="a running")
+    pid = wait_for(
+        lambda: json.loads((run_dir / "queue_state.json").read_text())["jobs"][0]["pid"], what="pid"
+    )
+    os.kill(first["pid"], signal.SIGKILL)
+    wait_for(lambda: not status(run_dir)["agent"]["alive"], what="agent dead")
+    assert pid_alive(pid)
+    res = agent("cancel", "--run-dir", str(run_dir))
+    assert res.rc == 0 and res.out["cancelled"] == ["a"] and res.out["agent_running"] is False
+    wait_for(lambda: not pid_alive(pid), timeout=5, what="job killed")
+    assert jobs_by_id(run_dir)["a"]["status"] == "cancelled"

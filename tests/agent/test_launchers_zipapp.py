@@ -140,3 +140,15 @@ def test_zipapp_runs_a_queue_under_python_3_8(simgpu, tmp_path):
     )
     assert json.loads(out.stdout)["ok"], out
     wait_for(lambda: status(run2)["agent"]["state"] == "finished", what="detached zipapp agent finished")
+
+
+def test_launcher_not_on_path_raises_launch_error(tmp_path, monkeypatch):
+    from remote_agent import runner
+    from remote_agent.spec import load_spec
+
+    run_dir = make_run(tmp_path, [job("a", "true")], launcher="screen")
+    js = load_spec(str(run_dir)).jobs[0]
+    runner.prepare(str(run_dir))
+    monkeypatch.setattr(runner.shutil, "which", lambda _name: None)
+    with pytest.raises(runner.LaunchError, match="launcher 'screen' is not installed"):
+        runner.launch(str(run_dir), "r", js, 1, (0,), "screen", 0.0)
