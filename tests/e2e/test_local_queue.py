@@ -228,17 +228,21 @@ def _history(service: QueueService, run_id: str) -> list[dict]:
 
 
 def test_drain_then_resume_and_cancel_one_job(service: QueueService, tmp_path: Path, local_sim: Path) -> None:
-    jobs = [{"id": x, "cmd": "sleep 0.4", "gpus_per_job": 0} for x in ("a", "b", "c")]
+    jobs = [
+        {"id": x, "cmd": cmd, "gpus_per_job": 0}
+        for x, cmd in (("a", "sleep 30"), ("b", "true"), ("c", "true"))
+    ]
     m = manifest(
         "drain", root=tmp_path / "remote", cwd=tmp_path, gpus=[], gpus_per_job=0, max_parallel=1, jobs=jobs
     )
     res = service.launch_queue(m)
-    drained = service.drain(res.run_id)
-    assert drained.state == "draining"
-    st = wait_until(service, res.run_id, lambda s: not s.agent.alive)
-    assert st.counts.get("pending", 0) >= 1 and "resume(" in st.next_call_hint
+    wait_until(service, res.run_id, lambda s: s.counts.get("running") == 1)
+    assert service.drain(res.run_id).state == "draining"
     cancelled = service.cancel_job(res.run_id, "c")
     assert cancelled.cancelled == ["c"] and "job c" in cancelled.message
+    assert service.cancel_job(res.run_id, "a").cancelled == ["a"]  # the running one: killed
+    st = wait_until(service, res.run_id, lambda s: not s.agent.alive)
+    assert st.counts.get("pending") == 1 and "resume(" in st.next_call_hint
     assert service.resume(res.run_id).status == "resumed"
     st = wait_finished(service, res.run_id)
-    assert st.counts.get("cancelled") == 1 and st.counts.get("completed") == 2
+    assert st.counts.get("cancelled") == 2 and st.counts.get("completed") == 1
