@@ -109,7 +109,8 @@ class Daemon:
             self._heartbeat(now)
             live = bool(self.handles or self.orphans)
             if not live and (res.done or self.draining or self.cancel_all):
-                final = "finished" if res.done and not self.cancel_all else "stopped"
+                # finished: nothing is left to do (also after a whole-queue cancel); stopped: work remains.
+                final = "finished" if res.done else "stopped"
                 return self._finish(final)
             if not busy:
                 self._wait(self._timeout(res, now))

@@ -250,10 +250,12 @@ def wrapper_script(
     }
     exports.update(js.env)
     log = log_path(run_dir, js.id)
-    redirect = (
-        f"exec </dev/null > >(exec tee -a {q(log)}) 2>&1" if tee else f"exec </dev/null >>{q(log)} 2>&1"
-    )
+    # process: all output appended to the log. screen/tmux: also shown in the session (tee), through pipelines
+    # so the wrapper waits for tee and the log is complete before the exit file appears.
+    redirect = "exec </dev/null" if tee else f"exec </dev/null >>{q(log)} 2>&1"
+    sink = f" 2>&1 | tee -a {q(log)}" if tee else ""
     cwd = os.path.expanduser(js.cwd)
+    no_cwd = f"aris-queue: cannot change to directory {cwd}"
     lines = [
         "#!/bin/bash",
         f"# aris-queue launch wrapper: job {js.id} attempt {attempt} (generated; do not edit)",
@@ -262,7 +264,7 @@ def wrapper_script(
         "# Claim the attempt; an existing pid file means a restarted agent declared it lost: do not run.",
         'if ! ( set -o noclobber; printf "%s\\n" "$$" > "$__aris_pid_file" ) 2>/dev/null; then exit 0; fi',
         redirect,
-        f"printf '%s\\n' {q(header_line(js.id, attempt, gpus, now))}",
+        f"printf '%s\\n' {q(header_line(js.id, attempt, gpus, now))}{sink}",
         "__aris_done() {",
         '  printf "%s\\n" "$1" > "$__aris_exit_file.tmp" &&',
         '    mv -f "$__aris_exit_file.tmp" "$__aris_exit_file"',
@@ -270,10 +272,10 @@ def wrapper_script(
         "}",
         "# A handler (an ignore would be inherited by the command) keeps the wrapper alive to record exits.",
         "trap 'true' TERM INT HUP",
-        f"cd -- {q(cwd)} || {{ echo {q('aris-queue: cannot change to directory ' + cwd)}; __aris_done 1; }}",
+        f"cd -- {q(cwd)} || {{ echo {q(no_cwd)}{sink}; __aris_done 1; }}",
     ]
     lines += [f"export {k}={q(v)}" for k, v in exports.items()]
-    lines += [f"/bin/bash -c {q(chr(10).join(inner))}", "__aris_done $?", ""]
+    lines += [f"/bin/bash -c {q(chr(10).join(inner))}{sink}", '__aris_done "${PIPESTATUS[0]}"', ""]
     return "\n".join(lines)
 
 

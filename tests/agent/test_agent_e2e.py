@@ -184,7 +184,7 @@ def test_missing_nvidia_smi_stalls_gpu_jobs_only(simgpu, tmp_path, cleanup_run_d
     assert st["agent"]["alive"] and st.get("waiting") == {"gpu_error": 1}
     res = agent("cancel", "--run-dir", str(run_dir))
     assert res.rc == 0 and res.out["cancelled"] == ["gpu"] and res.out["agent_running"] is True
-    wait_state(run_dir, "stopped")
+    assert wait_state(run_dir, "finished")["counts"]["cancelled"] == 1
 
 
 def test_timeout_kills_the_whole_process_group(simgpu, tmp_path):
@@ -209,7 +209,7 @@ def test_second_agent_is_refused(simgpu, tmp_path, cleanup_run_dirs):
         assert str(started["pid"]) in res.out["message"]
     assert status(run_dir)["agent"]["alive"]
     agent("cancel", "--run-dir", str(run_dir))
-    wait_state(run_dir, "stopped")
+    wait_state(run_dir, "finished")
 
 
 def test_kill_9_mid_run_then_resume_starts_nothing_twice(simgpu, tmp_path, cleanup_run_dirs):
