@@ -409,7 +409,11 @@ def run_jobs_locally(root: Path, project: str, jobs: list[dict], gpus: int, time
             st = wait_finished(svc, res.run_id, timeout)
             run_dir = Path(svc.registry.load(res.run_id).remote_run_dir)
             started = next(
-                (r["t"] for r in journal(run_dir) if r.get("event") == "agent" and r.get("state") == "running"),
+                (
+                    r["t"]
+                    for r in journal(run_dir)
+                    if r.get("event") == "agent" and r.get("state") == "running"
+                ),
                 None,
             )
             return LocalRun(

@@ -1,15 +1,16 @@
-"""Figure 1: slot reuse latency — from a job's exit to the next pending job's start on the GPU it freed.
+"""Figure 1: slot reuse latency: from a job's exit to the next pending job's start on the GPU it freed.
 
 Many short independent jobs run on simulated GPUs through the real service and agent (default settings:
-poll interval 2 s; the agent wakes on SIGCHLD, re-reads nvidia-smi after an exit and launches at once). Each job
-stamps ``BENCH start``/``BENCH end`` (Unix time, ``date +%s.%N``) around its command, so the gap on a GPU is
-measured by the jobs themselves: ``start(next job on GPU g) - end(previous job on GPU g)``. Every gap counts
-while jobs were still pending (they all are, from the start, until the last wave). The journal's times
-(Unix time of the agent) split the gap into "exit noticed" and "next launched".
+poll interval 2 s; the agent wakes on SIGCHLD, re-reads nvidia-smi after an exit and launches at once).
+Each job stamps ``BENCH start``/``BENCH end`` (Unix time, ``date +%s.%N``) around its command, so the gap
+on a GPU is measured by the jobs themselves: ``start(next job on GPU g) - end(previous job on GPU g)``.
+Every gap counts: all jobs are pending from the start until the last wave. The journal's times (Unix time
+of the agent) split each gap into "the agent woke up on the exit" and "from then to the next job's start".
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import subprocess
 import time
@@ -48,7 +49,7 @@ def run(mode: str = "full", base: Path | None = None) -> dict[str, Any]:
     gaps, notice, relaunch = [], [], []
     for seq in per_gpu.values():
         seq.sort(key=lambda a: a.start)
-        for prev, nxt in zip(seq, seq[1:], strict=False):
+        for prev, nxt in itertools.pairwise(seq):
             gaps.append(nxt.start - prev.end)
             if prev.noticed_t is not None:
                 notice.append(prev.noticed_t - prev.end)
@@ -70,8 +71,8 @@ def run(mode: str = "full", base: Path | None = None) -> dict[str, Any]:
             "agent_wakeup_to_next_start": summary(relaunch),
             "nvidia_smi_call_median": round(sorted(smi)[len(smi) // 2], 4),
         },
-        "note": "the wakeup-to-start part includes one nvidia-smi call (the simulated one is a Python script, "
-        "see nvidia_smi_call_median), two journal fsyncs, writing the wrapper and starting bash",
+        "note": "the wakeup-to-start part includes one nvidia-smi call (the simulated one is a Python "
+        "script, see nvidia_smi_call_median), two journal fsyncs, writing the wrapper and starting bash",
         "goal": {"p50_s": GOAL_P50_S, "p99_s": GOAL_P99_S},
         "met": s["p50"] is not None and s["p50"] <= GOAL_P50_S and s["p99"] <= GOAL_P99_S,
         "poll_interval_s": 2.0,

@@ -78,7 +78,7 @@ def list_schedule(order: list[str], dur: dict[str, float], deps: dict[str, list[
 
 
 def wave_barrier(order: list[str], dur: dict[str, float], deps: dict[str, list[str]], slots: int) -> float:
-    """Makespan when waves of ``slots`` jobs (spec order, one phase at a time) run with a barrier after each."""
+    """Makespan when waves of ``slots`` jobs (spec order, one phase at a time) end with a barrier each."""
     phases: list[list[str]] = []
     level: dict[str, int] = {}
     for j in order:
@@ -157,7 +157,8 @@ def rows(d: dict[str, Any]) -> list[Row]:
             (
                 f"2. makespan / lower bound, {name} ({g['jobs']} jobs, {g['gpus']} GPUs)",
                 f"{fmt(g['ratio'])} (measured {fmt(g['makespan_s'])} s, bound {fmt(g['lower_bound_s'])} s; "
-                f"greedy sim {fmt(g['greedy_sim_ratio'])}, wave barrier sim {fmt(g['wave_barrier_sim_ratio'])})",
+                f"greedy sim {fmt(g['greedy_sim_ratio'])}, "
+                f"wave barrier sim {fmt(g['wave_barrier_sim_ratio'])})",
                 f"<= {GOAL_RATIO}",
                 verdict(g["met"]),
             )
