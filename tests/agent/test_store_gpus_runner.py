@@ -267,3 +267,9 @@ def test_tunables_can_be_overridden(monkeypatch):
     assert defaults.tunable("MAX_LOST") == 5
     monkeypatch.delenv("ARIS_AGENT_TUNABLES")
     assert defaults.tunable("MAX_LOST") == defaults.MAX_LOST
+
+
+def test_missing_cwd_fails_the_attempt_with_a_clear_line(tmp_path):
+    run_dir, js = _js(tmp_path, cmd="echo never", cwd=str(tmp_path / "does-not-exist"))
+    assert _run_attempt(run_dir, js) == 1
+    assert "aris-queue: cannot change to directory" in (run_dir / "logs" / "j.1.log").read_text()
