@@ -1,7 +1,8 @@
-"""``summary.md``: a run's report in markdown, from its record, its job rows and its transition history."""
+"""Text about a run: `summary.md` (record, job rows, transition history) and the one-line next-call hint."""
 
 from __future__ import annotations
 
+import re
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,8 @@ MAX_ATTENTION_ROWS = 50
 
 MAX_TIMELINE = 20
 """Timeline lines at most."""
+
+_OOM_RE = re.compile(r"out ?of ?memory|\bOOM\b", re.IGNORECASE)
 
 
 def render_summary(record: RunRecord, status: QueueStatus, events: Iterable[Mapping[str, Any]]) -> str:
@@ -201,3 +204,56 @@ def _fmt_duration(seconds: float) -> str:
         return f"{m}m {s:02d}s"
     h, m = divmod(m, 60)
     return f"{h}h {m:02d}m"
+
+
+def next_call_hint(s: QueueStatus) -> str:
+    """One line telling the caller what to do next, from the state of the queue."""
+    rid = repr(s.run_id)
+    c = s.counts
+    pending, running = c.get("pending", 0), c.get("running", 0)
+    active = pending + running + c.get("failed_oom", 0) + c.get("failed_other", 0)
+    stuck, blocked = c.get("stuck", 0), c.get("blocked", 0)
+    follow = f"queue_status(run_id={rid}, wait_s=60, since_seq={s.seq})"
+    if s.agent.state == "draining" and active:
+        return f"draining: {running} running job(s) finish, {pending} wait; resume(run_id={rid}) starts them"
+    if active and not s.agent.alive:
+        return (
+            f"the scheduler is not running ({s.agent.state or 'never started'}) but {active} job(s) are "
+            f"unfinished: call resume(run_id={rid})"
+        )
+    also = f" ({running} running, {pending} pending; follow with {follow})" if active else ""
+    if stuck:
+        group = next((f for f in s.failures if f.states.get("stuck")), None)
+        if group is not None and _OOM_RE.search(group.signature):
+            return (
+                f"{stuck} job(s) stuck with {group.signature}: call retry_job(run_id={rid}, stuck=true) "
+                f"once GPU memory is free (gpu_status shows it){also}"
+            )
+        job = group.jobs[0] if group and group.jobs else None
+        look = (
+            f"tail_log(run_id={rid}, job_id={job!r})"
+            if job
+            else f"queue_status(run_id={rid}, states=['stuck'])"
+        )
+        sig = f" with {group.signature}" if group else ""
+        return (
+            f"{stuck} job(s) stuck{sig}: read {look}, fix it, then retry_job(run_id={rid}, stuck=true){also}"
+        )
+    if active:
+        eta = f", ETA ~{_fmt_s(s.eta_s)}" if s.eta_s else ""
+        return f"{running} running, {pending} pending{eta}: call {follow} to wait for the next change"
+    if blocked:
+        return (
+            f"finished with {blocked} job(s) blocked by a failed dependency: retry the failed job with "
+            f"retry_job(run_id={rid}, job_id=...), or call summarize(run_id={rid})"
+        )
+    return f"the queue is finished: call summarize(run_id={rid}) for the report"
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}min"
+    return f"{seconds / 3600:.1f}h"

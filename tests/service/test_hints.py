@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aris_queue_mcp.models import QueueStatus
-from aris_queue_mcp.service import next_call_hint
+from aris_queue_mcp.summary import next_call_hint
 
 
 def _status(counts: dict[str, int], *, alive: bool = True, state: str = "running", **kw: Any) -> QueueStatus:
