@@ -2,7 +2,8 @@
 
 The agent ships as one zipapp built from the ``remote_agent`` package. Its file name carries its hash
 (``agent-<sha[:16]>.pyz``), so a host that has it already is not sent it again, and runs started by
-different versions can live side by side.
+different versions can live side by side. On the host the zipapp is unpacked once into ``agent-<sha[:16]>/``
+and byte-compiled: code inside a zip is recompiled at every start, which tripled the cost of each status call.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class AgentInstall:
 
     root: str
     path: str
+    """What the interpreter runs: the unpacked agent directory."""
+    archive: str
+    """The uploaded zipapp it was unpacked from."""
     sha256: str
     python: str
     python_version: str
@@ -96,7 +100,20 @@ mkdir -p "$1/runs" || exit 10
 chmod 700 "$1" "$1/runs" || exit 10
 v=$("$2" -c 'import sys; print("%d.%d.%d" % tuple(sys.version_info[:3]))' 2>&1) || { echo "$v"; exit 11; }
 echo "python=$v"
-if [ -f "$3" ]; then echo "agent=present"; else echo "agent=missing"; fi
+if [ -f "$4/__main__.py" ]; then echo "agent=unpacked"; elif [ -f "$3" ]; then echo "agent=packed"
+else echo "agent=missing"; fi
+"""
+
+# Unpack next to the zipapp under a temporary name, then rename: a concurrent deploy of the same hash either
+# wins the rename or finds the directory complete. Byte-compiling is best effort (a read-only cache is fine).
+_UNPACK = r"""
+tmp="$3.tmp.$$"
+rm -rf "$tmp"
+"$1" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$2" "$tmp" || exit 12
+chmod -R go-rwx "$tmp"
+mv "$tmp" "$3" 2>/dev/null || rm -rf "$tmp"
+"$1" -m compileall -q "$3" >/dev/null 2>&1
+exit 0
 """
 
 _MKRUN = r"""
@@ -125,15 +142,16 @@ def check_remote_path(path: str, host: str) -> str:
 def ensure_agent(
     transport: Transport, remote_root: str, python: str = "python3", *, progress: ProgressFn | None = None
 ) -> AgentInstall:
-    """Make sure ``<root>/agent-<hash>.pyz`` is on the host and runs; upload it only when missing."""
+    """Make sure ``<root>/agent-<hash>.pyz`` is on the host, unpacked and running; upload only if missing."""
     host = transport.label
     report = progress or _no_progress
     root = expand_remote_path(transport, remote_root)
     data, sha = build_agent_zipapp()
-    path = f"{root}/agent-{sha[:16]}.pyz"
+    archive = f"{root}/agent-{sha[:16]}.pyz"
+    path = f"{root}/agent-{sha[:16]}"
 
     report(0, 3, f"checking {host}: {root}, {python}")
-    res = transport.run(["sh", "-c", _PROBE, "sh", root, python, path], timeout=60.0)
+    res = transport.run(["sh", "-c", _PROBE, "sh", root, python, archive, path], timeout=60.0)
     out = res.stdout.strip()
     if res.exit_code == 10:
         raise DeployError(f"{host}: cannot create {root} (mode 0700): {res.stderr.strip() or out}")
@@ -151,12 +169,17 @@ def ensure_agent(
         )
 
     uploaded = False
-    if facts.get("agent") != "present":
+    state = facts.get("agent")
+    if state == "missing":
         report(1, 3, f"uploading agent ({len(data) // 1024} KiB) to {host}")
-        _upload_bytes(transport, data, path)
+        _upload_bytes(transport, data, archive)
         uploaded = True
     else:
         report(1, 3, f"agent {sha[:16]} already on {host}")
+    if state != "unpacked":
+        res = transport.run(["sh", "-c", _UNPACK, "sh", python, archive, path], timeout=120.0)
+        if res.exit_code != 0:
+            raise DeployError(f"{host}: cannot unpack {archive}: {(res.stderr or res.stdout).strip()[-300:]}")
 
     report(2, 3, f"verifying agent on {host}")
     try:
@@ -165,7 +188,13 @@ def ensure_agent(
         raise DeployError(f"{host}: the agent at {path} does not run: {exc}") from exc
     report(3, 3, f"agent ready on {host}")
     return AgentInstall(
-        root=root, path=path, sha256=sha, python=python, python_version=version, uploaded=uploaded
+        root=root,
+        path=path,
+        archive=archive,
+        sha256=sha,
+        python=python,
+        python_version=version,
+        uploaded=uploaded,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_agent_file_deleted_on_the_host_is_redeployed(
     )
     res = service.launch_queue(m)
     wait_finished(service, res.run_id)
-    for f in (tmp_path / "remote").glob("agent-*.pyz"):
-        f.unlink()
+    for f in (tmp_path / "remote").glob("agent-*"):  # the zipapp and its unpacked directory
+        shutil.rmtree(f) if f.is_dir() else f.unlink()
     assert service.queue_status(res.run_id).counts.get("completed") == 1
     assert list((tmp_path / "remote").glob("agent-*.pyz"))

@@ -30,12 +30,15 @@ def test_ensure_agent_uploads_once(tmp_path: Path) -> None:
     root = tmp_path / "root"
     seen: list[str] = []
     first = deploy.ensure_agent(t, str(root), progress=lambda d, n, m: seen.append(m))
-    assert first.uploaded and Path(first.path).is_file() and first.python_version.startswith("3.")
+    assert first.uploaded and Path(first.archive).is_file() and first.python_version.startswith("3.")
+    assert (Path(first.path) / "__main__.py").is_file()  # unpacked, so Python caches its bytecode
+    assert list(Path(first.path).rglob("*.pyc"))
     assert any("uploading" in m for m in seen)
-    mtime = Path(first.path).stat().st_mtime_ns
+    mtime = Path(first.archive).stat().st_mtime_ns
     second = deploy.ensure_agent(t, str(root))
-    assert not second.uploaded and second.path == first.path and Path(first.path).stat().st_mtime_ns == mtime
-    assert [p.name for p in root.glob("agent-*.pyz")] == [Path(first.path).name]
+    assert not second.uploaded and second.path == first.path
+    assert Path(first.archive).stat().st_mtime_ns == mtime
+    assert [p.name for p in root.glob("agent-*.pyz")] == [Path(first.archive).name]
     for d in (root, root / "runs"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700
     assert AgentClient(t, first.path).version()["ok"] is True
