@@ -127,7 +127,7 @@ class QueueService:
                 "preconditions; nothing was launched. Call launch_queue without dry_run to start.",
             )
         if not force:
-            running = self._running_twin(spec.manifest_sha256)
+            running = self._running_twin(spec.manifest_sha256, progress)
             if running is not None:
                 return running
 
@@ -461,8 +461,12 @@ class QueueService:
         digest["jobs"], digest["offset"], digest["limit"] = rows, 0, len(rows)
         return self._to_status(record, digest, None)
 
-    def _running_twin(self, manifest_sha256: str) -> LaunchResult | None:
-        """The newest recorded run of the same manifest text, if its scheduler is alive and unfinished."""
+    def _running_twin(self, manifest_sha256: str, progress: ProgressFn | None = None) -> LaunchResult | None:
+        """The newest recorded run of the same manifest text while it still has work to do.
+
+        Its scheduler alive → that run, ``already_running``. Its scheduler gone (crash, reboot, kill) with
+        jobs still pending or running → that run resumed: a second copy would start its jobs twice.
+        """
         for record in self.registry.find_by_manifest_sha(manifest_sha256)[:1]:
             if not record.agent_path:
                 continue
@@ -471,7 +475,9 @@ class QueueService:
             except (AgentError, TransportError):
                 continue
             agent = d.get("agent") or {}
-            if agent.get("alive") and not d.get("finished_at"):
+            if d.get("finished_at"):
+                continue
+            if agent.get("alive"):
                 host = self._transport(record.target).label
                 return LaunchResult(
                     run_id=record.run_id,
@@ -483,6 +489,9 @@ class QueueService:
                     message=f"this manifest already runs as {record.run_id} on {host}; nothing new was "
                     "launched. Follow it with queue_status, or pass force=true to start a second run.",
                 )
+            counts = d.get("counts") or {}
+            if any(counts.get(k) for k in ("pending", "running", "failed_oom", "failed_other")):
+                return self.resume(record.run_id, progress=progress)
         return None
 
 

@@ -53,6 +53,7 @@ def job_row(j: Job) -> Dict[str, Any]:
         "reason": j.reason,
         "started_at": j.started_at,
         "ended_at": j.ended_at,
+        "outputs": list(j.outputs),
     }
 
 

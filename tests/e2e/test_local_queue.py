@@ -129,6 +129,24 @@ def test_launching_twice_returns_the_running_run(
     assert st.counts.get("cancelled") == 1
 
 
+def test_launching_again_after_the_scheduler_died_resumes_instead_of_duplicating(
+    service: QueueService, tmp_path: Path, local_sim: Path
+) -> None:
+    jobs = [{"id": f"j{i}", "cmd": train_cmd(duration=1.0)} for i in range(3)]
+    m = manifest("relaunch", root=tmp_path / "remote", cwd=tmp_path, max_parallel=1, jobs=jobs)
+    first = service.launch_queue(m)
+    st = wait_until(service, first.run_id, lambda s: s.counts.get("running") == 1)
+    assert st.agent.pid
+    os.kill(st.agent.pid, signal.SIGKILL)
+    wait_until(service, first.run_id, lambda s: not s.agent.alive)
+    again = service.launch_queue(m)
+    assert (again.status, again.run_id) == ("resumed", first.run_id)
+    assert len(service.list_runs().runs) == 1
+    st = wait_finished(service, first.run_id)
+    assert st.counts.get("completed") == 3
+    assert launches_per_attempt(Path(first.remote_run_dir or "")) == {(f"j{i}", 1): 1 for i in range(3)}
+
+
 def test_blocked_preconditions_stop_the_launch(
     service: QueueService, tmp_path: Path, local_sim: Path
 ) -> None:
