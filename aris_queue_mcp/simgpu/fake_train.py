@@ -29,7 +29,6 @@ GIB = 1024.0
 
 
 def _oom_traceback(want_mib: int, local_index: int, total_mib: int, free_mib: int) -> str:
-    in_use = total_mib - free_mib
     return (
         "Traceback (most recent call last):\n"
         '  File "/home/user/project/train.py", line 212, in <module>\n'
@@ -43,10 +42,11 @@ def _oom_traceback(want_mib: int, local_index: int, total_mib: int, free_mib: in
         "    return F.linear(input, self.weight, self.bias)\n"
         f"torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {want_mib / GIB:.2f} GiB. "
         f"GPU {local_index} has a total capacity of {total_mib / GIB:.2f} GiB of which "
-        f"{free_mib / GIB:.2f} GiB is free. Process {os.getpid()} has {in_use / GIB:.2f} GiB memory in use. "
-        "Of the allocated memory "
-        f"{in_use * 0.98 / GIB:.2f} GiB is allocated by PyTorch, and {in_use * 0.02 / GIB:.2f} GiB is "
-        "reserved by PyTorch but unallocated. If reserved but unallocated memory is large try setting "
+        f"{free_mib / GIB:.2f} GiB is free. "
+        # Memory held by other processes shows only as less free memory; this process had allocated nothing.
+        "Including non-PyTorch memory, this process has 0 bytes memory in use. Of the allocated memory "
+        "0 bytes is allocated by PyTorch, and 0 bytes is reserved by PyTorch but unallocated. "
+        "If reserved but unallocated memory is large try setting "
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation.  See documentation for "
         "Memory Management  (https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n"
     )
