@@ -115,8 +115,10 @@ def tick(
 
     ``held`` maps GPU index -> job for every live process of this queue (including ones being killed);
     ``live``/``live_cpu`` count live processes (default: jobs in state running / running on no GPU);
-    ``killing`` are jobs already being killed. Ready jobs start in spec order; a job that needs more GPUs
-    than are free now waits while later, smaller jobs may use the free ones (no reservation).
+    ``killing`` are jobs already being killed. Ready jobs start in spec order. The first ready job that
+    needs more GPUs than are free reserves the free ones: later GPU jobs wait behind it instead of taking
+    them, so a multi-GPU job is not starved by a stream of single-GPU jobs (CPU jobs still start). A job
+    that needs more GPUs than the queue has at all is blocked with that reason instead of waiting forever.
     """
     status = {j.id: j.status for j in jobs}
     if held is None:
@@ -160,6 +162,9 @@ def tick(
         else availability(readings, spec.queue.gpus, spec.queue.gpu_free_threshold_mib, held)
     )
     free = [g.index for g in gstat if g.usable]
+    # GPUs the queue could ever use; only trusted when nvidia-smi answered (a failing driver lists none).
+    capacity = len(gstat) if not readings.error else None
+    reserved_for: Optional[str] = None
     cap, cpu_cap = slot_caps(spec, cpu_count)
     waiting: Dict[str, int] = {}
     running = live
@@ -177,12 +182,17 @@ def tick(
                 continue
             decisions.append(Launch(jid, ()))
             live_cpu += 1
-        elif len(free) >= need:
+        elif capacity is not None and need > capacity:
+            decisions.append(Block(jid, f"needs {need} GPUs but the queue has {capacity}"))
+            continue
+        elif len(free) >= need and reserved_for is None:
             decisions.append(Launch(jid, tuple(free[:need])))
             free = free[need:]
         else:
             key = "gpu_error" if readings.error else "gpus"
             waiting[key] = waiting.get(key, 0) + 1
+            if reserved_for is None and not readings.error:
+                reserved_for = jid
             continue
         running += 1
     active = (S.PENDING, S.RUNNING, S.FAILED_OOM, S.FAILED_OTHER)

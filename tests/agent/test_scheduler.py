@@ -73,6 +73,37 @@ def test_gpu_list_threshold_and_multi_gpu_jobs():
     assert res.waiting == {"gpus": 1}
 
 
+def test_a_waiting_multi_gpu_job_reserves_free_gpus_so_small_jobs_cannot_starve_it():
+    spec = mkspec(
+        [
+            {"id": "small0"},
+            {"id": "big", "gpus_per_job": 2},
+            {"id": "small1"},
+            {"id": "cpu", "gpus_per_job": 0},
+        ]
+    )
+    js = jobs_of(spec)
+    transition(js[0], S.RUNNING, "launch", 0.0, gpus=[0], started_at=0.0)
+    # One GPU free, big needs two: small1 must not take the free one; the CPU job still starts.
+    res = tick(0.1, readings(3, 3), js, spec)
+    assert launches(res) == [("cpu", ())]
+    assert res.waiting == {"gpus": 2}
+    transition(js[0], S.COMPLETED, "exit 0", 0.2)
+    res = tick(0.3, readings(3, 3), js, spec)
+    assert launches(res)[0] == ("big", (0, 1))
+
+
+def test_a_job_needing_more_gpus_than_the_queue_has_is_blocked_not_left_waiting():
+    spec = mkspec([{"id": "huge", "gpus_per_job": 3}, {"id": "ok"}], gpus=[0, 1])
+    res = tick(0.0, readings(3, 3, 3, 3), jobs_of(spec), spec)
+    blocks = [(d.job, d.reason) for d in res.decisions if isinstance(d, Block)]
+    assert blocks == [("huge", "needs 3 GPUs but the queue has 2")]
+    assert launches(res) == [("ok", (0,))]
+    # While nvidia-smi fails nothing is known about capacity: wait, do not block.
+    res = tick(0.0, readings(error="nvidia-smi not found"), jobs_of(spec), spec)
+    assert not [d for d in res.decisions if isinstance(d, Block)]
+
+
 def test_na_gpu_is_skipped_with_reason():
     spec = mkspec([{"id": "a"}, {"id": "b"}])
     res = tick(0.0, readings(3, 3, na=(0,)), jobs_of(spec), spec)
