@@ -178,7 +178,8 @@ class RetryResult(_Model):
     """Outcome of retry_job."""
 
     run_id: str = Field(description="Run id.")
-    retried: list[str] = Field(description="Jobs moved back to pending.")
+    retried: list[str] = Field(description="Jobs moved back to pending (at most 100 listed).")
+    retried_count: int = Field(default=0, description="How many jobs were moved back to pending.")
     skipped: list[SkippedJob] = Field(default_factory=list, description="Jobs not retried, with reasons.")
     agent_running: bool = Field(description="Whether a scheduler was running when the retry was applied.")
     agent_restarted: bool = Field(
@@ -192,7 +193,8 @@ class CancelResult(_Model):
     """Outcome of cancel_job."""
 
     run_id: str = Field(description="Run id.")
-    cancelled: list[str] = Field(description="Jobs cancelled (running ones are killed).")
+    cancelled: list[str] = Field(description="Jobs cancelled; running ones are killed (at most 100 listed).")
+    cancelled_count: int = Field(default=0, description="How many jobs were cancelled.")
     skipped: list[SkippedJob] = Field(default_factory=list, description="Jobs not cancelled, with reasons.")
     message: str = Field(description="What happened.")
 

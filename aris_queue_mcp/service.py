@@ -47,6 +47,9 @@ DEFAULT_REMOTE_ROOT = "~/.aris_queue"
 EXPAND_PAGE = 200
 """Jobs listed by expand_grid / a dry run before the list is truncated."""
 
+LIST_CAP = 100
+"""Job ids listed in a retry/cancel result; counts give the whole number (a 10,000-job cancel stays small)."""
+
 REFRESH_TIMEOUT = 15.0
 """Seconds list_runs(refresh=True) waits for each run's agent."""
 
@@ -368,8 +371,9 @@ class QueueService:
             what += f"; the scheduler had exited and was restarted (pid {pid})"
         return RetryResult(
             run_id=run_id,
-            retried=retried,
-            skipped=data.get("skipped") or [],
+            retried=retried[:LIST_CAP],
+            retried_count=len(retried),
+            skipped=(data.get("skipped") or [])[:LIST_CAP],
             agent_running=running,
             agent_restarted=restarted,
             agent_pid=pid,
@@ -384,8 +388,9 @@ class QueueService:
         scope = f"job {job_id}" if job_id else "the whole queue"
         return CancelResult(
             run_id=run_id,
-            cancelled=cancelled,
-            skipped=data.get("skipped") or [],
+            cancelled=cancelled[:LIST_CAP],
+            cancelled_count=len(cancelled),
+            skipped=(data.get("skipped") or [])[:LIST_CAP],
             message=f"cancelled {len(cancelled)} job(s) of {scope}; retry_job can bring them back.",
         )
 
