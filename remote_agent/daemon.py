@@ -22,7 +22,7 @@ import select
 import signal
 import socket
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import __version__, control, defaults, gpus, runner, store
 from .scheduler import Block, ExitInfo, Kill, Launch, Requeue, TickResult, classify_exit, tick
@@ -167,6 +167,7 @@ class Daemon:
             live=len(handles),
             live_cpu=sum(1 for h in handles if not h.gpus),
             killing={h.job for h in handles if h.kill_reason},
+            dying={h.job for h in self.orphans},
             draining=self.draining or self.cancel_all,
         )
 
@@ -255,7 +256,7 @@ class Daemon:
             status = h.finished()
             if status is not None:
                 self.orphans.remove(h)
-                self._cleanup(h)
+                self._cleanup(h, now)
                 self.last_exit_at = now
         for jid, h in list(self.handles.items()):
             status = h.finished()
@@ -263,12 +264,27 @@ class Daemon:
                 continue
             del self.handles[jid]
             records.append(self._finalize(self.store.jobs[jid], h, status, now))
-            self._cleanup(h)
+            self._cleanup(h, now)
             self.last_exit_at = now
 
-    def _cleanup(self, h: runner.Handle) -> None:
-        runner.kill_leftovers(h.pid)
-        runner.end_session(h.launcher, h.session)
+    def _cleanup(self, h: runner.Handle, now: float) -> None:
+        if not h.group_only:
+            runner.end_session(h.launcher, h.session)
+            self._reap_leftovers(h.job, h.attempt, h.pid, h.gpus, now)
+
+    def _reap_leftovers(
+        self, job: str, attempt: int, pgid: int, gpu_ids: Tuple[int, ...], now: float
+    ) -> None:
+        """Kill what outlived an attempt's wrapper (TERM, then KILL after the grace) and keep its GPUs held
+        until the last of it is gone, so the next attempt never shares a GPU with its own predecessor."""
+        if not runner.has_leftovers(pgid):
+            return
+        log.info("job %s: attempt %d left processes behind (group %d); killing them", job, attempt, pgid)
+        left = runner.Handle(
+            job=job, attempt=attempt, pid=pgid, proc_start=None, gpus=gpu_ids, orphan=True, group_only=True
+        )
+        self._kill(left, "leftover", now)
+        self.orphans.append(left)
 
     def _finalize(
         self,
@@ -330,7 +346,7 @@ class Daemon:
                 log.info("job %s: adopted running attempt %d (pid %d)", job.id, job.attempts, pid)
                 continue
             if pid is not None and start is not None and start.startswith(runner.boot_id() + ":"):
-                runner.kill_leftovers(pid)
+                self._reap_leftovers(job.id, job.attempts, pid, tuple(job.gpus), now)
             reason = "agent restarted and the attempt's process is gone without an exit code"
             if job.pid is not None and start is not None and not start.startswith(runner.boot_id() + ":"):
                 reason = "host rebooted while the attempt ran"

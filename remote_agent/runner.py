@@ -26,7 +26,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -113,12 +112,12 @@ def signal_group(pgid: int, sig: int) -> bool:
     return True
 
 
-def kill_leftovers(pid: int) -> None:
-    """After a job's wrapper is gone, TERM what is left of its process group (orphaned workers holding GPU
-    memory). Only when no process with that pid exists: a pid number in use as a process group id is not
-    handed out again, so a live group whose leader is gone is still the job's."""
-    if not os.path.exists(f"/proc/{pid}"):
-        signal_group(pid, signal.SIGTERM)
+def has_leftovers(pid: int) -> bool:
+    """True when a job's wrapper (``pid``, its process group leader) is gone but processes of its group live
+    on, e.g. data-loader workers orphaned when the OOM killer took the wrapper. Only checked when no process
+    with that pid exists: a pid number in use as a process group id is not handed out again, so a live group
+    whose leader is gone is still the job's."""
+    return not os.path.exists(f"/proc/{pid}") and group_alive(pid)
 
 
 # --------------------------------------------------------------------------- files of an attempt
@@ -305,7 +304,10 @@ class Handle:
     kill_at: Optional[float] = None
     """When to send SIGKILL if it is still alive."""
     orphan: bool = False
-    """Its job no longer counts it (cancelled): only waiting to die; still holds its GPUs."""
+    """Its job no longer counts it (cancelled, or leftovers of an ended attempt): only waiting to die; still
+    holds its GPUs."""
+    group_only: bool = False
+    """Tracks what is left of the process group ``pid`` after its leader ended (see :func:`has_leftovers`)."""
     extra: dict = field(default_factory=dict)
 
     def finished(self) -> Optional[int]:
@@ -313,6 +315,8 @@ class Handle:
 
         For processes that are not our children the value is 0 once the process is gone.
         """
+        if self.group_only:
+            return None if group_alive(self.pid) else 0
         if self.popen is not None:
             return self.popen.poll()
         return None if alive(self.pid, self.proc_start) else 0

@@ -108,6 +108,7 @@ def tick(
     live: Optional[int] = None,
     live_cpu: Optional[int] = None,
     killing: Set[str] = frozenset(),  # type: ignore[assignment]
+    dying: Set[str] = frozenset(),  # type: ignore[assignment]
     draining: bool = False,
     cpu_count: Optional[int] = None,
 ) -> TickResult:
@@ -115,10 +116,11 @@ def tick(
 
     ``held`` maps GPU index -> job for every live process of this queue (including ones being killed);
     ``live``/``live_cpu`` count live processes (default: jobs in state running / running on no GPU);
-    ``killing`` are jobs already being killed. Ready jobs start in spec order. The first ready job that
-    needs more GPUs than are free reserves the free ones: later GPU jobs wait behind it instead of taking
-    them, so a multi-GPU job is not starved by a stream of single-GPU jobs (CPU jobs still start). A job
-    that needs more GPUs than the queue has at all is blocked with that reason instead of waiting forever.
+    ``killing`` are jobs already being killed; ``dying`` are jobs whose earlier attempt still has processes
+    being killed: they do not start again until those are gone. Ready jobs start in spec order. The first
+    ready job that needs more GPUs than are free reserves the free ones: later GPU jobs wait behind it
+    instead of taking them, so a multi-GPU job is not starved by a stream of single-GPU jobs (CPU jobs still
+    start). A job that needs more GPUs than the queue has at all is blocked with that reason.
     """
     status = {j.id: j.status for j in jobs}
     if held is None:
@@ -171,6 +173,9 @@ def tick(
     for jid in ready:
         if draining:
             waiting["draining"] = waiting.get("draining", 0) + 1
+            continue
+        if jid in dying:
+            waiting["previous_attempt_dying"] = waiting.get("previous_attempt_dying", 0) + 1
             continue
         if running >= cap:
             waiting["max_parallel"] = waiting.get("max_parallel", 0) + len(ready) - ready.index(jid)

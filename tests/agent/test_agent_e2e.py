@@ -420,3 +420,27 @@ def test_cancel_after_the_scheduler_died_kills_orphaned_jobs(simgpu, tmp_path, c
     assert res.rc == 0 and res.out["cancelled"] == ["a"] and res.out["agent_running"] is False
     wait_for(lambda: not pid_alive(pid), timeout=5, what="job killed")
     assert jobs_by_id(run_dir)["a"]["status"] == "cancelled"
+
+
+def test_leftovers_of_a_lost_attempt_are_killed_before_the_job_runs_again(simgpu, tmp_path, cleanup_run_dirs):
+    work = tmp_path / "work"
+    # Attempt 1 leaves a worker that ignores SIGTERM (like a data-loader child); the test then kills only the
+    # wrapper, as the kernel's OOM killer might. Attempt 2 records whether that worker still lived.
+    cmd = (
+        'echo "$ARIS_ATTEMPT" >> attempts.txt; '
+        'if [ "$ARIS_ATTEMPT" = 1 ]; then '
+        "sh -c 'trap \"\" TERM; echo $$ > worker.pid; exec sleep 60' & sleep 60; "
+        "else kill -0 $(cat worker.pid) 2>/dev/null && echo overlap > overlap.txt; true; fi"
+    )
+    run_dir = make_run(tmp_path, [job("w", cmd, gpus_per_job=1)], kill_grace=0.5)
+    detach(run_dir, cleanup_run_dirs)
+    wait_for(lambda: (work / "worker.pid").exists(), what="attempt 1's worker")
+    wrapper = int((run_dir / "exits" / "w.1.pid").read_text())
+    os.kill(wrapper, signal.SIGKILL)
+    wait_state(run_dir, "finished")
+    w = jobs_by_id(run_dir)["w"]
+    assert w["status"] == "completed" and w["attempts"] == 2
+    assert (work / "attempts.txt").read_text().split() == ["1", "2"]
+    assert not (work / "overlap.txt").exists()  # attempt 2 started only once the old worker was gone
+    assert not pid_alive(int((work / "worker.pid").read_text()))
+    assert any(e["to"] == "pending" and "lost" in e["reason"] for e in history(run_dir, "w"))
