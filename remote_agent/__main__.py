@@ -16,8 +16,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional
 
-from . import __version__, control, defaults, store, views
-from .daemon import Daemon
+from . import __version__, defaults, store, views
 from .errors import AgentError, UnknownJobError, UsageError
 from .spec import RunSpec, load_spec
 from .states import JobState
@@ -103,6 +102,8 @@ def run_scheduler(
     run_dir: str, spec: RunSpec, on_started: Optional[Callable[[int], None]] = None
 ) -> Dict[str, Any]:
     """Take the lock, run the queue to its end, return ``{"state", "counts"}``."""
+    from .daemon import Daemon  # only `run` needs the scheduler loop: keep the frequent read commands light
+
     lock = store.RunLock(run_dir)
     lock.acquire("scheduler", wait=float(defaults.tunable("LOCK_WAIT")))
     try:
@@ -222,23 +223,27 @@ def cmd_status(a: argparse.Namespace) -> Dict[str, Any]:
     )
 
 
+def _submit(run_dir: str, spec: RunSpec, request: Dict[str, Any]) -> Dict[str, Any]:
+    from . import control  # only control commands need it
+
+    return control.submit(run_dir, spec, request)
+
+
 def cmd_retry(a: argparse.Namespace) -> Dict[str, Any]:
     if not (a.jobs or a.stuck or a.failed):
         raise UsageError("retry needs job ids, --stuck or --failed")
     spec = _spec(a)
-    return control.submit(
-        a.run_dir, spec, {"op": "retry", "jobs": a.jobs, "stuck": a.stuck, "failed": a.failed}
-    )
+    return _submit(a.run_dir, spec, {"op": "retry", "jobs": a.jobs, "stuck": a.stuck, "failed": a.failed})
 
 
 def cmd_cancel(a: argparse.Namespace) -> Dict[str, Any]:
     spec = _spec(a)
-    return control.submit(a.run_dir, spec, {"op": "cancel", "jobs": a.jobs})
+    return _submit(a.run_dir, spec, {"op": "cancel", "jobs": a.jobs})
 
 
 def cmd_drain(a: argparse.Namespace) -> Dict[str, Any]:
     spec = _spec(a)
-    return control.submit(a.run_dir, spec, {"op": "drain"})
+    return _submit(a.run_dir, spec, {"op": "drain"})
 
 
 def cmd_logs(a: argparse.Namespace) -> Dict[str, Any]:

@@ -48,6 +48,7 @@ def test_status_argv_and_wait_timeout() -> None:
     argv, timeout = t.calls[0]
     assert argv == [
         "/opt/py",
+        "-S",
         "/r/agent.pyz",
         "status",
         "--run-dir",
@@ -82,7 +83,7 @@ def test_other_commands_argv() -> None:
     c.history("D", job="j1")
     c.run_detached("D")
     c.drain("D")
-    assert [a[2:] for a, _ in t.calls] == [
+    assert [a[3:] for a, _ in t.calls] == [
         ["retry", "--run-dir", "D", "--stuck"],
         ["retry", "--run-dir", "D", "j1", "j2"],
         ["cancel", "--run-dir", "D"],
