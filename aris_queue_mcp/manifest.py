@@ -132,40 +132,36 @@ class _HasOutputCheck(_Strict):
         return data
 
 
-class JobEntry(_HasOutputCheck):
+class _JobFields(_HasOutputCheck):
+    """What an explicit job and a template have in common."""
+
+    cmd: str | None = None
+    args: dict[str, Any] | None = None
+    output_check: str | None = _OUTPUT_CHECK
+    depends_on: list[str] = Field(default_factory=list)
+    timeout: float | None = Field(None, gt=0)
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus_per_job: int | None = Field(None, ge=0)
+
+    _v_dep = field_validator("depends_on", mode="before")(lambda v: _to_list_of_str(v, "depends_on"))
+    _v_env = field_validator("env", mode="before")(_check_env)
+    _v_args = field_validator("args", mode="before")(_check_args)
+
+
+class JobEntry(_JobFields):
     """One explicit job: an id and either a full ``cmd`` or ``args`` rendered after ``default_cmd``."""
 
     id: str
-    cmd: str | None = None
-    args: dict[str, Any] | None = None
-    output_check: str | None = _OUTPUT_CHECK
-    depends_on: list[str] = Field(default_factory=list)
-    timeout: float | None = Field(None, gt=0)
-    env: dict[str, str] = Field(default_factory=dict)
-    gpus_per_job: int | None = Field(None, ge=0)
 
     _v_id = field_validator("id")(lambda v: _check_id(v, "job id"))
-    _v_dep = field_validator("depends_on", mode="before")(lambda v: _to_list_of_str(v, "depends_on"))
-    _v_env = field_validator("env", mode="before")(_check_env)
-    _v_args = field_validator("args", mode="before")(_check_args)
 
 
-class Template(_HasOutputCheck):
+class Template(_JobFields):
     """What each grid point becomes; ``${var}`` names a grid key."""
 
     id: str | None = None
-    cmd: str | None = None
-    args: dict[str, Any] | None = None
-    output_check: str | None = _OUTPUT_CHECK
-    depends_on: list[str] = Field(default_factory=list)
-    timeout: float | None = Field(None, gt=0)
-    env: dict[str, str] = Field(default_factory=dict)
-    gpus_per_job: int | None = Field(None, ge=0)
 
     _v_id = field_validator("id")(lambda v: _check_id(v, "template id"))
-    _v_dep = field_validator("depends_on", mode="before")(lambda v: _to_list_of_str(v, "depends_on"))
-    _v_env = field_validator("env", mode="before")(_check_env)
-    _v_args = field_validator("args", mode="before")(_check_args)
 
 
 def _check_grid(value: Any) -> dict[str, list[Any]] | None:
