@@ -6,14 +6,22 @@ import json
 import os
 import shutil
 import subprocess
-import zipapp
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures.simgpu import REPO, agent, job, make_run, status, train_cmd, wait_for
+from aris_queue_mcp.deploy import build_agent_zipapp
+from tests.fixtures.simgpu import agent, job, make_run, status, train_cmd, wait_for
 
-PY38 = "/root/.pyenv/versions/3.8.18/bin/python3.8"
+# The oldest Python the agent supports; pyenv's build here, else whatever python3.8 is on PATH.
+PY38 = next(
+    (
+        p
+        for p in ("/root/.pyenv/versions/3.8.18/bin/python3.8", shutil.which("python3.8"))
+        if p and os.path.exists(p)
+    ),
+    "python3.8",
+)
 
 
 @pytest.fixture
@@ -90,12 +98,9 @@ def test_screen_launcher(simgpu, tmp_path):
 
 
 def build_zipapp(dest: Path) -> Path:
-    """Build the agent zipapp the way the MCP side does: the package files plus a top-level __main__.py."""
-    src = dest / "src"
-    shutil.copytree(REPO / "remote_agent", src / "remote_agent", ignore=shutil.ignore_patterns("__pycache__"))
-    (src / "__main__.py").write_text("from remote_agent.__main__ import main\nraise SystemExit(main())\n")
+    """The very zipapp the MCP side ships (deploy.build_agent_zipapp), written to ``dest``."""
     target = dest / "agent.pyz"
-    zipapp.create_archive(src, target)
+    target.write_bytes(build_agent_zipapp()[0])
     return target
 
 
