@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -81,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         "--ignore-preconditions", action="store_true", help="launch although some jobs are blocked"
     )
     c.add_argument("--wait", action="store_true", help="follow the queue until it is done, then summarize")
+    c.add_argument(
+        "--simulate-gpus",
+        type=int,
+        metavar="N",
+        help="local runs only: run against N simulated 80 GB GPUs (a fake nvidia-smi), to try a manifest "
+        "on a machine without GPUs",
+    )
 
     c = cmd("resume", "restart the scheduler of an existing run (adopts running jobs)")
     c.add_argument("run_id")
@@ -149,6 +157,8 @@ def _run(args: argparse.Namespace, svc: QueueService) -> int:
         return 1 if report.blocked_count else 0
     elif c in ("launch", "resume"):
         if c == "launch":
+            if args.simulate_gpus:
+                _simulate_gpus(svc, args.manifest, args.simulate_gpus)
             progress = None if args.json else _launch_progress
             r = svc.launch_queue(
                 args.manifest,
@@ -207,6 +217,18 @@ def _run(args: argparse.Namespace, svc: QueueService) -> int:
     elif c == "summarize":
         _emit(args, svc.summarize(args.run_id), lambda r: f"{r.markdown}\n(written to {r.path})")
     return 0
+
+
+def _simulate_gpus(svc: QueueService, manifest: str, count: int) -> None:
+    """Point this process (and so the local agent and its jobs) at ``count`` simulated GPUs."""
+    from . import simgpu
+
+    plan = svc.expand_grid(manifest, limit=1)
+    if plan.target != "local":
+        raise ArisQueueError(f"--simulate-gpus is for local runs only; this manifest targets {plan.target}")
+    if count < 1:
+        raise ArisQueueError("--simulate-gpus needs at least 1 GPU")
+    os.environ.update(simgpu.install(svc.project_dir / "experiment_queue" / ".simgpu", gpus=count))
 
 
 def _unfinished(s: QueueStatus) -> bool:

@@ -81,3 +81,31 @@ def test_launch_wait_status_json_logs_and_summary(tmp_path: Path, simgpu: Any) -
 def test_cancel_needs_a_job_or_all(tmp_path: Path) -> None:
     p = cli(tmp_path, "cancel", "some-run", check=False)
     assert p.returncode == 1 and "--all" in p.stderr
+
+
+def test_the_teacher_student_example_runs_on_simulated_gpus(tmp_path: Path) -> None:
+    example = tmp_path / "teacher_student.yaml"
+    example.write_text((REPO / "examples" / "teacher_student.yaml").read_text())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path / "home")}
+    argv = [
+        "--project-dir",
+        str(tmp_path),
+        "--json",
+        "launch",
+        str(example),
+        "--simulate-gpus",
+        "2",
+        "--wait",
+    ]
+    p = subprocess.run(
+        [sys.executable, "-m", "aris_queue_mcp.cli", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+    final = json.loads(p.stdout[p.stdout.index("\n{") :])  # the launch result, then the final status
+    assert final["counts"]["completed"] == 8
+    assert len(list((tmp_path / "figures").glob("distill_N*_seed*.json"))) == 6
+    assert (tmp_path / "home" / ".aris_queue" / "runs" / final["run_id"]).is_dir()
