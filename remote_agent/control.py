@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Dict, List, Optional
 
-from . import defaults, runner, store
+from . import defaults, runner, store, views
 from .errors import TimeoutError_, UnknownJobError
 from .spec import RunSpec
 from .states import RETRYABLE, TERMINAL, Job, JobState, transition
@@ -150,6 +150,7 @@ def apply_offline(run_dir: str, spec: RunSpec, req: Dict[str, Any]) -> Dict[str,
         answer, records = apply_request(st, req, now, cancel_running)
         st.append(records)
         st.maybe_snapshot(now, force=True)
+        views.write_digest_cache(run_dir, spec, st)
         answer["agent_running"] = False
         return answer
     finally:

@@ -24,7 +24,7 @@ import socket
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import __version__, control, defaults, gpus, runner, store
+from . import __version__, control, defaults, gpus, runner, store, views
 from .scheduler import Block, ExitInfo, Kill, Launch, Requeue, TickResult, classify_exit, tick
 from .spec import RunSpec
 from .states import Job, JobState, transition, update
@@ -43,6 +43,7 @@ class Daemon:
         self.clock = clock
         self.handles: Dict[str, runner.Handle] = {}
         self.orphans: List[runner.Handle] = []  # processes of cancelled jobs, still dying
+        self._digest_seq = -1  # journal seq that digest.json describes
         self.readings = gpus.Readings([], "not read yet", 0.0)
         self.last_exit_at = 0.0
         self.state = "starting"
@@ -106,6 +107,7 @@ class Daemon:
             res = self._tick(now)
             busy = self._apply(res, now)
             self.store.maybe_snapshot(now)
+            self._refresh_digest()
             self._heartbeat(now)
             live = bool(self.handles or self.orphans)
             if not live and (res.done or self.draining or self.cancel_all):
@@ -130,7 +132,14 @@ class Daemon:
         now = self.clock()
         self._set_state(state)
         self.store.close(now)
+        self._refresh_digest()
         return state
+
+    def _refresh_digest(self) -> None:
+        """Rewrite digest.json when the journal moved on (one O(jobs) pass per change, like the tick)."""
+        if self.store.seq != self._digest_seq:
+            views.write_digest_cache(self.run_dir, self.spec, self.store)
+            self._digest_seq = self.store.seq
 
     def _set_state(self, state: str) -> None:
         self.state = state

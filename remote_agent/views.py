@@ -57,6 +57,60 @@ def job_row(j: Job) -> Dict[str, Any]:
     }
 
 
+DIGEST_CACHE = "digest.json"
+"""The job part of the status digest, written by the lock holder after each change, so that ``status`` on a
+10,000-job run reads one small file instead of parsing the spec and replaying the store."""
+
+
+def job_summary(spec: RunSpec, st: store.Store) -> Dict[str, Any]:
+    """The parts of the digest that depend on the job records only (valid for journal sequence ``seq``)."""
+    all_jobs = list(st.jobs.values())
+    counts = {s.value: 0 for s in S}
+    for j in all_jobs:
+        counts[j.status.value] += 1
+    running = sorted((j for j in all_jobs if j.status == S.RUNNING), key=lambda j: j.started_at or 0.0)
+    rmax = int(defaults.tunable("STATUS_RUNNING_MAX"))
+    out: Dict[str, Any] = {
+        "run_id": spec.run_id,
+        "project": spec.project,
+        "seq": st.seq,
+        "total": len(all_jobs),
+        "counts": counts,
+        "started_at": st.meta.get("started_at"),
+        "finished_at": st.meta.get("finished_at"),
+        "eta_s": _eta(all_jobs, counts, spec),
+        "running": [
+            {"id": j.id, "phase": j.phase, "gpus": j.gpus, "attempt": j.attempts, "started_at": j.started_at}
+            for j in running[:rmax]
+        ],
+        "failures": _failures(all_jobs),
+        # What the GPU view needs when no scheduler runs (see _gpu_view).
+        "held": {str(g): j.id for j in running for g in j.gpus},
+        "queue": {
+            "gpus": spec.queue.gpus,
+            "threshold": spec.queue.gpu_free_threshold_mib,
+            "cpu_only": spec.queue.cpu_only,
+        },
+    }
+    if len(running) > rmax:
+        out["running_more"] = len(running) - rmax
+    return out
+
+
+def write_digest_cache(run_dir: str, spec: RunSpec, st: store.Store) -> None:
+    """Refresh ``digest.json`` (only the holder of the run lock calls this). A cache: no fsync; readers
+    check its ``seq`` against the journal and fall back to the full computation when it is stale."""
+    store.atomic_write_json(os.path.join(run_dir, DIGEST_CACHE), job_summary(spec, st), fsync=False)
+
+
+def cached_digest(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The status digest from ``digest.json`` when it matches the journal's last record, else None."""
+    cache = store.read_json(os.path.join(run_dir, DIGEST_CACHE))
+    if not cache or cache.get("seq") != store.last_seq(run_dir):
+        return None
+    return _finish_digest(run_dir, cache)
+
+
 def digest(
     run_dir: str,
     spec: RunSpec,
@@ -69,46 +123,12 @@ def digest(
     limit: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The status digest of docs/protocol.md §4: small for any number of jobs."""
-    now = time.time()
-    all_jobs = list(st.jobs.values())
-    counts = {s.value: 0 for s in S}
-    for j in all_jobs:
-        counts[j.status.value] += 1
-    running = sorted((j for j in all_jobs if j.status == S.RUNNING), key=lambda j: j.started_at or 0.0)
-    rmax = int(defaults.tunable("STATUS_RUNNING_MAX"))
-    agent = agent_info(run_dir)
-    out: Dict[str, Any] = {
-        "ok": True,
-        "run_id": spec.run_id,
-        "project": spec.project,
-        "seq": st.seq,
-        "agent": agent,
-        "total": len(all_jobs),
-        "counts": counts,
-        "started_at": st.meta.get("started_at"),
-        "finished_at": st.meta.get("finished_at"),
-        "eta_s": _eta(all_jobs, counts, spec),
-        "running": [
-            {
-                "id": j.id,
-                "phase": j.phase,
-                "gpus": j.gpus,
-                "attempt": j.attempts,
-                "started_at": j.started_at,
-                "elapsed_s": round(now - j.started_at, 3) if j.started_at else None,
-            }
-            for j in running[:rmax]
-        ],
-        "failures": _failures(all_jobs),
-    }
-    if len(running) > rmax:
-        out["running_more"] = len(running) - rmax
-    out.update(_gpu_view(run_dir, spec, agent, all_jobs))
+    out = _finish_digest(run_dir, job_summary(spec, st))
     if jobs:
         want = set(states)
         rows = [
             j
-            for j in all_jobs
+            for j in st.jobs.values()
             if (not want or j.status.value in want) and (phase is None or j.phase == phase)
         ]
         limit = int(defaults.tunable("STATUS_LIMIT")) if limit is None else limit
@@ -116,6 +136,19 @@ def digest(
         out["jobs_matching"] = len(rows)
         out["offset"] = offset
         out["limit"] = limit
+    return out
+
+
+def _finish_digest(run_dir: str, summary: Dict[str, Any]) -> Dict[str, Any]:
+    """Add what changes with time and not with the journal: liveness, elapsed times, GPU readings."""
+    now = time.time()
+    out: Dict[str, Any] = {"ok": True, **summary}
+    held = {int(g): job for g, job in out.pop("held", {}).items()}
+    queue = out.pop("queue")
+    for r in out["running"]:
+        r["elapsed_s"] = round(now - r["started_at"], 3) if r.get("started_at") else None
+    out["agent"] = agent_info(run_dir)
+    out.update(_gpu_view(run_dir, queue, out["agent"], held))
     return out
 
 
@@ -150,8 +183,10 @@ def _failures(all_jobs: List[Job]) -> List[Dict[str, Any]]:
     return ordered[: int(defaults.tunable("STATUS_FAILURE_GROUPS"))]
 
 
-def _gpu_view(run_dir: str, spec: RunSpec, agent: Dict[str, Any], all_jobs: List[Job]) -> Dict[str, Any]:
-    if spec.queue.cpu_only:
+def _gpu_view(
+    run_dir: str, queue: Dict[str, Any], agent: Dict[str, Any], held: Dict[int, str]
+) -> Dict[str, Any]:
+    if queue["cpu_only"]:
         return {"gpus": [], "gpu_error": None}
     if agent.get("alive"):
         info = store.read_agent_json(run_dir)
@@ -161,8 +196,7 @@ def _gpu_view(run_dir: str, spec: RunSpec, agent: Dict[str, Any], all_jobs: List
             "waiting": info.get("waiting", {}),
         }
     readings = gpus.read(time.time())
-    held = gpus.held_map([(j.id, j.gpus) for j in all_jobs if j.status == S.RUNNING])
-    stat = gpus.availability(readings, spec.queue.gpus, spec.queue.gpu_free_threshold_mib, held)
+    stat = gpus.availability(readings, queue["gpus"], queue["threshold"], held)
     return {"gpus": [g.to_json() for g in stat], "gpu_error": readings.error}
 
 

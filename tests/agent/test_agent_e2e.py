@@ -444,3 +444,28 @@ def test_leftovers_of_a_lost_attempt_are_killed_before_the_job_runs_again(simgpu
     assert not (work / "overlap.txt").exists()  # attempt 2 started only once the old worker was gone
     assert not pid_alive(int((work / "worker.pid").read_text()))
     assert any(e["to"] == "pending" and "lost" in e["reason"] for e in history(run_dir, "w"))
+
+
+def test_status_is_served_from_the_digest_cache_while_it_matches_the_journal(simgpu, tmp_path):
+    run_dir = make_run(
+        tmp_path, [job("a", "true", gpus_per_job=0), job("b", "exit 3", gpus_per_job=0)], gpus=[]
+    )
+    run_fg(run_dir)
+    full = status(run_dir)
+    assert full["counts"]["completed"] == 1 and full["counts"]["stuck"] == 1
+    # The cache alone answers: even an unreadable spec does not matter to a plain status.
+    spec = (run_dir / "spec.json").read_text()
+    (run_dir / "spec.json").write_text("{not json")
+    cached = status(run_dir)
+    assert {k: v for k, v in cached.items() if k != "agent"} == {
+        k: v for k, v in full.items() if k != "agent"
+    }
+    res = agent("status", "--run-dir", str(run_dir), "--jobs")
+    assert res.rc == 1 and res.out["error"] == "bad_spec"  # job rows need the spec and the store
+    (run_dir / "spec.json").write_text(spec)
+    # A change the cache does not describe yet (seq moved on) falls back to the full computation.
+    retried = agent("retry", "--run-dir", str(run_dir), "b")
+    assert retried.out["retried"] == ["b"]
+    (run_dir / "digest.json").unlink()
+    after = status(run_dir)
+    assert after["counts"]["pending"] == 1 and after["seq"] > full["seq"]
