@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, help="rows per page (default 50; with --json all jobs)")
     c.add_argument("--wait", type=float, default=0, help="wait up to N seconds for the next change")
     c.add_argument("--since-seq", type=int, help="with --wait: the seq of the status you last saw")
+    c.add_argument(
+        "--until",
+        choices=["change", "attention", "finished"],
+        default="change",
+        help="with --wait: return on any change (default), when a job needs attention, or when finished",
+    )
     c.add_argument("--follow", action="store_true", help="print each change until the queue is done")
 
     c = cmd("retry", "move a job (or all stuck/failed jobs) back to pending")
@@ -196,6 +202,7 @@ def _run(args: argparse.Namespace, svc: QueueService) -> int:
                 limit=limit,
                 wait_s=args.wait,
                 since_seq=args.since_seq,
+                until=args.until,
             )
             _emit(args, s, textview.status)
     elif c == "retry":

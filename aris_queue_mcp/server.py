@@ -38,7 +38,7 @@ from .models import (
     SummaryResult,
 )
 from .preconditions import PreconditionReport
-from .service import QueueService
+from .service import QueueService, WaitUntil
 
 log = logging.getLogger("aris_queue_mcp")
 
@@ -49,7 +49,7 @@ aris-queue runs batches of ML experiments (grids of seeds x sizes, teacher -> st
 over SSH, or on this machine ("ssh: local"). A detached scheduler on the host packs jobs onto free GPUs,
 retries CUDA OOM failures after a delay, chains phases and survives disconnects.
 Typical flow: expand_grid (check the job list) -> check_preconditions -> launch_queue (returns run_id) ->
-queue_status(run_id, wait_s=300, since_seq=<seq>) until done (no polling loop needed) -> retry_job for stuck
+queue_status(run_id, wait_s=600, until="attention") until done (no polling loop needed) -> retry_job for stuck
 jobs -> summarize. tail_log shows a job's output; cancel_job stops jobs; gpu_status shows a host's GPUs.
 """
 
@@ -198,6 +198,14 @@ def create_server(
             int | None,
             Field(description="The `seq` of the last status you saw; wait_s waits for a newer one."),
         ] = None,
+        until: Annotated[
+            WaitUntil,
+            Field(
+                description="With wait_s: return on any 'change', on 'attention' (a job failed, got stuck "
+                "or blocked, or the queue ended), or only when 'finished'. 'attention' or 'finished' cost "
+                "the fewest calls."
+            ),
+        ] = "change",
         include_jobs: Annotated[bool, Field(description="Also list job rows (filtered, paged).")] = False,
         states: Annotated[
             list[str] | None,
@@ -222,6 +230,7 @@ def create_server(
                 limit=limit,
                 wait_s=wait_s,
                 since_seq=since_seq,
+                until=until,
             )
         )
 

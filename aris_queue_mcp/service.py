@@ -8,10 +8,11 @@ messages say what to do next.
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import deploy
 from .client import AgentClient
@@ -254,23 +255,43 @@ class QueueService:
         limit: int = 50,
         wait_s: float = 0,
         since_seq: int | None = None,
+        until: WaitUntil = "change",
     ) -> QueueStatus:
-        """The run's digest (latest run when ``run_id`` is None); ``wait_s``/``since_seq`` await a change."""
+        """The run's digest (latest run when ``run_id`` is None).
+
+        ``wait_s`` blocks on the host until something happens after ``since_seq`` (default: now): with
+        ``until="change"`` any state change, ``"attention"`` more jobs failed, stuck or blocked than at the
+        call's start (without ``since_seq``: any such job), or the queue ending, ``"finished"`` only the queue
+        ending. One call instead of a polling loop.
+        """
         record = self.registry.load(run_id) if run_id else self.registry.latest()
         states = list(states or [])
-        digest = self._agent(
-            record,
-            lambda c: c.status(
-                record.remote_run_dir,
-                jobs=include_jobs,
-                states=states,
-                phase=phase,
-                offset=offset if include_jobs else None,
-                limit=limit if include_jobs else None,
-                wait=wait_s or None,
-                since_seq=since_seq,
-            ),
-        )
+
+        def fetch(wait: float | None, since: int | None) -> dict[str, Any]:
+            return self._agent(
+                record,
+                lambda c: c.status(
+                    record.remote_run_dir,
+                    jobs=include_jobs,
+                    states=states,
+                    phase=phase,
+                    offset=offset if include_jobs else None,
+                    limit=limit if include_jobs else None,
+                    wait=wait,
+                    since_seq=since,
+                ),
+            )
+
+        if not wait_s or until == "change":
+            return self._to_status(record, fetch(wait_s or None, since_seq), since_seq)
+        deadline = time.monotonic() + wait_s
+        digest = fetch(None, None)
+        # Without since_seq the caller has seen nothing yet: jobs that need attention now are news.
+        baseline = _attention(digest) if since_seq is not None else 0
+        since = since_seq if since_seq is not None else int(digest.get("seq") or 0)
+        while not _wait_over(digest, until, baseline) and (left := deadline - time.monotonic()) > 0.05:
+            digest = fetch(left, since)
+            since = max(since, int(digest.get("seq") or 0))
         return self._to_status(record, digest, since_seq)
 
     def tail_log(self, run_id: str, job_id: str, lines: int = 50, attempt: int | None = None) -> LogTail:
@@ -501,6 +522,28 @@ class QueueService:
 
 
 # --- helpers ------------------------------------------------------------------------------------------------
+
+
+WaitUntil = Literal["change", "attention", "finished"]
+_ACTIVE = ("pending", "running", "failed_oom", "failed_other")
+_ATTENTION = ("failed_oom", "failed_other", "stuck", "blocked")
+
+
+def _queue_over(digest: Mapping[str, Any]) -> bool:
+    counts = digest.get("counts") or {}
+    return not any(counts.get(k) for k in _ACTIVE) or not (digest.get("agent") or {}).get("alive")
+
+
+def _attention(digest: Mapping[str, Any]) -> int:
+    """Jobs that need a look (failed, waiting for a retry, stuck or blocked)."""
+    counts = digest.get("counts") or {}
+    return sum(int(counts.get(k) or 0) for k in _ATTENTION)
+
+
+def _wait_over(digest: Mapping[str, Any], until: WaitUntil, baseline: int) -> bool:
+    if _queue_over(digest):
+        return True
+    return until == "attention" and _attention(digest) > baseline
 
 
 def _stepper(progress: ProgressFn | None) -> Callable[[float, str], None]:

@@ -120,16 +120,10 @@ async def test_a_whole_run_through_mcp(client: Client, tmp_path: Path) -> None:
     assert again.structured_content["status"] == "already_running"
     assert again.structured_content["run_id"] == run_id
 
-    seq, status = None, None
-    for _ in range(60):
-        args: dict[str, Any] = {"run_id": run_id, "wait_s": 2}
-        if seq is not None:
-            args["since_seq"] = seq
-        status = (await client.call_tool("queue_status", args)).structured_content
-        seq = status["seq"]
-        if status["counts"].get("completed") == 3:
-            break
-    assert status is not None and status["counts"]["completed"] == 3
+    # One call waits for the whole queue: no polling loop.
+    r = await client.call_tool("queue_status", {"run_id": run_id, "wait_s": 60, "until": "finished"})
+    status = r.structured_content
+    assert status["counts"]["completed"] == 3, status
 
     log = await client.call_tool("tail_log", {"run_id": run_id, "job_id": "s2", "lines": 5})
     assert not log.is_error and log.structured_content["lines"]
@@ -166,11 +160,13 @@ async def test_stuck_job_retry_and_cancel(client: Client, tmp_path: Path) -> Non
         ],
     )
     run_id = (await client.call_tool("launch_queue", {"manifest": m})).structured_content["run_id"]
+    calls = 0
     status: dict[str, Any] = {}
-    for _ in range(60):
-        status = (await client.call_tool("queue_status", {"run_id": run_id, "wait_s": 1})).structured_content
-        if status["counts"].get("stuck") == 1 and status["counts"].get("blocked") == 1:
-            break
+    while not (status.get("counts", {}).get("stuck") == 1 and status["counts"].get("blocked") == 1):
+        args = {"run_id": run_id, "wait_s": 30, "until": "attention"}
+        status = (await client.call_tool("queue_status", args)).structured_content
+        calls += 1
+        assert calls < 4, status
     assert status["counts"]["stuck"] == 1 and status["counts"]["blocked"] == 1
     assert any("bad" in f["jobs"] for f in status["failures"])
     assert "retry_job" in status["next_call_hint"]
