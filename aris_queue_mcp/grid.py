@@ -2,9 +2,9 @@
 
 Rules (see also docs/protocol.md):
 - A grid expands as the cartesian product in key order, last key fastest.
-- ``${var}`` substitutes grid values in id, cmd, args, output_check, env and depends_on; an args value
-  that is exactly ``${var}`` keeps the value's type. ``$${`` writes a literal ``${``; ``${GPU}`` is left
-  for the agent.
+- ``${var}`` substitutes grid values in id, cmd, args, output_check, env, depends_on and priority; an args
+  or priority value that is exactly ``${var}`` keeps the value's type (a priority must end up a number).
+  ``$${`` writes a literal ``${``; ``${GPU}`` is left for the agent.
   Precondition paths also accept the legacy ``{var}``.
 - A template without ``id`` gets ``<phase or 'job'>_<k1><v1>_<k2><v2>...``, characters outside
   ``[A-Za-z0-9._-]`` replaced by ``-`` (e.g. ``train_teachers_N384``).
@@ -32,6 +32,7 @@ from aris_queue_mcp.manifest import (
     Manifest,
     Phase,
     Template,
+    parse_number,
     render_prelude,
     resolve_cwd,
     scalar_text,
@@ -108,6 +109,12 @@ class _Collector:
     def __init__(self) -> None:
         self.errors: list[FieldError] = []
         self._unknown: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+        self._grouped: dict[str, tuple[str, int]] = {}  # path -> (first message, how many)
+
+    def grouped(self, path: str, message: str) -> None:
+        """An error repeated for every job of a template: reported once, with how many jobs it hit."""
+        first, n = self._grouped.get(path, (message, 0))
+        self._grouped[path] = (first, n + 1)
 
     def add(self, path: str, message: str) -> None:
         self.errors.append(FieldError(path, message))
@@ -118,6 +125,8 @@ class _Collector:
 
     def all(self) -> list[FieldError]:
         out = list(self.errors)
+        for path, (message, n) in self._grouped.items():
+            out.append(FieldError(path, message + (f" (and {n - 1} more jobs)" if n > 1 else "")))
         for (path, name), (jobs, known) in self._unknown.items():
             more = f" (and {len(jobs) - 1} more)" if len(jobs) > 1 else ""
             hint = suggest(name, known)
@@ -160,6 +169,31 @@ def _typed(value: Any, variables: dict[str, Any], sub: Callable[[str], str]) -> 
     if isinstance(value, list):
         return [_typed(v, variables, sub) for v in value]
     return value
+
+
+def _priority(text: str, variables: dict[str, Any], path: str, job: str, col: _Collector) -> int | float:
+    """A templated priority after substitution; a value that is exactly ``${var}`` keeps the value's type."""
+    unknown: list[str] = []
+
+    def on_unknown(name: str) -> None:
+        unknown.append(name)
+        col.unknown(path, name, job, sorted(variables))
+
+    whole = _WHOLE.fullmatch(text)
+    if whole and whole.group(1) in variables:
+        value: Any = variables[whole.group(1)]
+    else:
+        value = substitute(text, variables, on_unknown)
+    if unknown:
+        return 0  # already reported as an unknown variable
+    number = parse_number(value)
+    if number is None:
+        col.grouped(
+            path,
+            f"priority of job {job!r} must be a number (higher starts first), got {value!r} from {text!r}",
+        )
+        return 0
+    return number
 
 
 def _render_preconditions(
@@ -243,8 +277,11 @@ def _drafts_for(m: Manifest, phase: Phase | None, pi: int | None, col: _Collecto
             "output_check": output_check,
             "env": env,
             "gpus_per_job": pick("gpus_per_job"),
+            "priority": pick("priority"),
             "timeout": pick("timeout"),
         }
+        if entry is not None and isinstance(entry.priority, str):
+            spec["priority"] = _priority(entry.priority, variables, f"{where}.priority", label, col)
         drafts.append(
             _Draft(
                 id=job_id,

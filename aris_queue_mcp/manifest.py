@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -120,6 +121,61 @@ def _check_args(value: Any) -> dict[str, Any] | None:
     return dict(value)
 
 
+def parse_number(value: Any) -> int | float | None:
+    """``value`` as a finite int or float (a number, or a string that reads as one); None if it is not one.
+
+    Booleans are not numbers here (YAML ``true`` would otherwise be 1).
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return value if math.isfinite(value) else None
+    except OverflowError:  # an int too large for a float
+        return None
+
+
+_PRIORITY_HINT = "priority must be a number (higher starts first; default 0)"
+
+
+def _check_priority(value: Any) -> int | float | None:
+    """A top-level or phase priority: a plain number (``${var}`` is for templates and jobs)."""
+    if value is None:
+        return None
+    number = parse_number(value) if not isinstance(value, str) else None
+    if number is None:
+        where = "; ${var} works only in a template or job" if isinstance(value, str) and "${" in value else ""
+        raise ValueError(f"{_PRIORITY_HINT}, got {_short(value)}{where}")
+    return number
+
+
+def _check_top_priority(value: Any) -> int | float:
+    number = _check_priority(value)
+    if number is None:
+        raise ValueError(f"{_PRIORITY_HINT}, got None")
+    return number
+
+
+def _check_job_priority(value: Any) -> int | float | str | None:
+    """A job's or template's priority: a number, or text with ``${var}`` that substitutes to one."""
+    if isinstance(value, str):
+        if "${" in value:
+            return value  # checked after substitution
+        number = parse_number(value)
+        if number is None:
+            raise ValueError(f'{_PRIORITY_HINT} or `"${{var}}"` naming a numeric grid value, got {value!r}')
+        return number
+    return _check_priority(value)
+
+
 _OUTPUT_CHECK = Field(None, validation_alias=AliasChoices("output_check", "expected_output"))
 
 
@@ -142,10 +198,12 @@ class _JobFields(_HasOutputCheck):
     timeout: float | None = Field(None, gt=0)
     env: dict[str, str] = Field(default_factory=dict)
     gpus_per_job: int | None = Field(None, ge=0)
+    priority: int | float | str | None = None
 
     _v_dep = field_validator("depends_on", mode="before")(lambda v: _to_list_of_str(v, "depends_on"))
     _v_env = field_validator("env", mode="before")(_check_env)
     _v_args = field_validator("args", mode="before")(_check_args)
+    _v_priority = field_validator("priority", mode="before")(_check_job_priority)
 
 
 class JobEntry(_JobFields):
@@ -202,12 +260,14 @@ class Phase(_Strict):
     env: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = Field(None, gt=0)
     gpus_per_job: int | None = Field(None, ge=0)
+    priority: int | float | None = None
 
     _v_name = field_validator("name")(lambda v: _check_id(v, "phase name"))
     _v_dep = field_validator("depends_on", mode="before")(lambda v: _to_list_of_str(v, "depends_on"))
     _v_match = field_validator("match", mode="before")(lambda v: _to_list_of_str(v, "match"))
     _v_env = field_validator("env", mode="before")(_check_env)
     _v_grid = field_validator("grid", mode="before")(_check_grid)
+    _v_priority = field_validator("priority", mode="before")(_check_priority)
 
 
 _OOM_DEFAULT = {"delay": 120.0, "max_attempts": 3}
@@ -240,6 +300,7 @@ class Manifest(_Strict):
     oom_retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(**_OOM_DEFAULT))
     retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(**_RETRY_DEFAULT))
     timeout: float | None = Field(None, gt=0)
+    priority: int | float = 0
     poll_interval: float = Field(2.0, gt=0)
     kill_grace: float = Field(10.0, ge=0)
     launcher: Literal["process", "screen", "tmux"] = "process"
@@ -258,6 +319,7 @@ class Manifest(_Strict):
     _v_grid = field_validator("grid", mode="before")(_check_grid)
     _v_oom = field_validator("oom_retry", mode="before")(_fill(_OOM_DEFAULT))
     _v_retry = field_validator("retry", mode="before")(_fill(_RETRY_DEFAULT))
+    _v_priority = field_validator("priority", mode="before")(_check_top_priority)
 
     @field_validator("setup", mode="before")
     @classmethod

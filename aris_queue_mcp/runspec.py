@@ -60,6 +60,8 @@ class JobSpec(_Strict):
     output_check: str | None = None
     depends_on: list[str] = Field(default_factory=list)
     gpus_per_job: int = Field(1, ge=0)
+    priority: float = Field(0.0, allow_inf_nan=False, strict=True)
+    """Higher starts first among ready jobs; ties keep the job order. A missing field reads as 0."""
     timeout: float | None = Field(None, gt=0)
     oom_retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(delay=120.0, max_attempts=3))
     retry: RetryPolicy = Field(default_factory=RetryPolicy)

@@ -117,10 +117,11 @@ def tick(
     ``held`` maps GPU index -> job for every live process of this queue (including ones being killed);
     ``live``/``live_cpu`` count live processes (default: jobs in state running / running on no GPU);
     ``killing`` are jobs already being killed; ``dying`` are jobs whose earlier attempt still has processes
-    being killed: they do not start again until those are gone. Ready jobs start in spec order. The first
-    ready job that needs more GPUs than are free reserves the free ones: later GPU jobs wait behind it
-    instead of taking them, so a multi-GPU job is not starved by a stream of single-GPU jobs (CPU jobs still
-    start). A job that needs more GPUs than the queue has at all is blocked with that reason.
+    being killed: they do not start again until those are gone. Ready jobs start by priority (higher
+    first), ties in spec order (``jobs`` is in spec order). The first ready job in that order that needs
+    more GPUs than are free reserves the free ones: later GPU jobs wait behind it instead of taking them, so
+    a multi-GPU job is not starved by a stream of single-GPU jobs (CPU jobs still start). A job that needs
+    more GPUs than the queue has at all is blocked with that reason.
     """
     status = {j.id: j.status for j in jobs}
     if held is None:
@@ -157,6 +158,10 @@ def tick(
                     decisions.append(Kill(j.id, f"timeout after {timeout:g}s"))
                 else:
                     wake.append(deadline)
+
+    rank = spec.start_rank  # computed once per spec; None when all priorities are equal
+    if rank is not None:
+        ready.sort(key=rank.__getitem__)
 
     gstat = (
         []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class JobSpec:
     timeout: Optional[float] = None
     oom_retry: RetryPolicy = RetryPolicy(120.0, 3)
     retry: RetryPolicy = RetryPolicy(0.0, 1)
+    priority: float = 0.0
+    """Higher starts first among ready jobs; ties keep the spec order."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,20 @@ class RunSpec:
             cache = {j.id: j for j in self.jobs}
             object.__setattr__(self, "_by_id", cache)
         return cache
+
+    @property
+    def start_rank(self) -> Optional[Dict[str, int]]:
+        """Job id -> its place in start order (priority high to low, then spec order), computed once.
+
+        ``None`` when all jobs have the same priority: the start order is then the spec order itself.
+        """
+        if "_start_rank" not in self.__dict__:
+            rank: Optional[Dict[str, int]] = None
+            if len({j.priority for j in self.jobs}) > 1:
+                order = sorted(range(len(self.jobs)), key=lambda i: (-self.jobs[i].priority, i))
+                rank = {self.jobs[i].id: r for r, i in enumerate(order)}
+            object.__setattr__(self, "_start_rank", rank)
+        return self.__dict__["_start_rank"]
 
 
 def load_spec(run_dir: str) -> RunSpec:
@@ -164,6 +181,18 @@ def _queue(q: Any) -> QueueSpec:
     )
 
 
+def _priority(v: Any, where: str) -> float:
+    if v is None:
+        return 0.0
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        try:
+            if math.isfinite(v):
+                return float(v)
+        except OverflowError:  # an int too large for a float
+            pass
+    raise BadSpecError(f"spec.json: {where}.priority must be a finite number (higher first), got {v!r}")
+
+
 def _job(d: Any, i: int) -> JobSpec:
     where = f"jobs[{i}]"
     if not isinstance(d, dict):
@@ -188,6 +217,7 @@ def _job(d: Any, i: int) -> JobSpec:
     cwd = _get(d, "cwd", str, where)
     if not (cwd.startswith("/") or cwd.startswith("~")):
         raise BadSpecError(f"spec.json: {where}.cwd must be absolute or start with ~, got {cwd!r}")
+    priority = _priority(d.get("priority"), where)
     return JobSpec(
         id=jid,
         cmd=_get(d, "cmd", str, where),
@@ -201,6 +231,7 @@ def _job(d: Any, i: int) -> JobSpec:
         timeout=timeout,
         oom_retry=_policy(d.get("oom_retry"), f"{where}.oom_retry", RetryPolicy(120.0, 3)),
         retry=_policy(d.get("retry"), f"{where}.retry", RetryPolicy(0.0, 1)),
+        priority=priority,
     )
 
 

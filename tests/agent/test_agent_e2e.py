@@ -469,3 +469,20 @@ def test_status_is_served_from_the_digest_cache_while_it_matches_the_journal(sim
     (run_dir / "digest.json").unlink()
     after = status(run_dir)
     assert after["counts"]["pending"] == 1 and after["seq"] > full["seq"]
+
+
+def test_a_high_priority_job_listed_last_starts_first_when_slots_are_scarce(simgpu, tmp_path):
+    jobs = [job(f"j{i}", "true", gpus_per_job=0) for i in range(3)]
+    jobs.append(job("urgent", "true", gpus_per_job=0, priority=10))
+    run_dir = make_run(tmp_path, jobs, gpus=[], max_parallel=1)
+    out = run_fg(run_dir)
+    assert out["counts"]["completed"] == 4, out
+    started = [e["job"] for e in history(run_dir) if e["to"] == "running"]
+    assert started == ["urgent", "j0", "j1", "j2"]
+
+
+def test_a_non_numeric_priority_is_a_bad_spec_naming_the_job(simgpu, tmp_path):
+    run_dir = make_run(tmp_path, [job("a", "true", gpus_per_job=0, priority="high")], gpus=[])
+    res = agent("run", "--run-dir", str(run_dir))
+    assert res.rc == 1 and res.out["error"] == "bad_spec", res
+    assert "jobs[0] (a).priority" in res.out["message"]

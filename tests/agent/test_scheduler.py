@@ -173,6 +173,74 @@ def test_timeout_kill_and_wake_time():
     assert tick(105.0, readings(3), [a], spec, killing={"a"}).decisions == []
 
 
+def test_higher_priority_starts_first_ties_keep_spec_order():
+    spec = mkspec(
+        [
+            {"id": "a"},
+            {"id": "b", "priority": 1},
+            {"id": "c"},
+            {"id": "d", "priority": 5},
+            {"id": "e", "priority": 1},
+        ]
+    )
+    res = tick(0.0, readings(3, 3, 3, 3, 3), jobs_of(spec), spec)
+    assert launches(res) == [("d", (0,)), ("b", (1,)), ("e", (2,)), ("a", (3,)), ("c", (4,))]
+    res = tick(0.0, readings(3, 3), jobs_of(spec), spec)
+    assert launches(res) == [("d", (0,)), ("b", (1,))] and res.waiting == {"gpus": 3}
+
+
+def test_equal_priorities_everywhere_keep_spec_order():
+    spec = mkspec([{"id": f"j{i}", "priority": 3} for i in range(4)])
+    assert spec.start_rank is None
+    assert [j for j, _ in launches(tick(0.0, readings(3, 3), jobs_of(spec), spec))] == ["j0", "j1"]
+
+
+def test_priority_with_max_parallel_takes_the_highest_and_counts_the_rest():
+    spec = mkspec(
+        [{"id": "a"}, {"id": "b"}, {"id": "c", "priority": 2}, {"id": "d", "priority": 1}], max_parallel=2
+    )
+    res = tick(0.0, readings(3, 3, 3, 3), jobs_of(spec), spec)
+    assert launches(res) == [("c", (0,)), ("d", (1,))]
+    assert res.waiting == {"max_parallel": 2}
+    cpu = mkspec([{"id": "a"}, {"id": "b", "priority": 1}], gpus=[], max_parallel=1)
+    assert launches(tick(0.0, Readings([], None, 0.0), jobs_of(cpu), cpu)) == [("b", ())]
+
+
+def test_priority_never_jumps_a_dependency():
+    spec = mkspec(
+        [
+            {"id": "p"},
+            {"id": "child", "depends_on": ["p"], "priority": 100},
+            {"id": "x", "priority": 1},
+            {"id": "y"},
+        ],
+        max_parallel=2,
+    )
+    js = {j.id: j for j in jobs_of(spec)}
+    res = tick(0.0, readings(3, 3, 3, 3), list(js.values()), spec)
+    assert launches(res) == [("x", (0,)), ("p", (1,))]  # child is not ready: its priority does not matter yet
+    js["p"].status = S.COMPLETED
+    js["x"].status = S.COMPLETED
+    res = tick(1.0, readings(3, 3, 3, 3), list(js.values()), spec)
+    assert launches(res) == [("child", (0,)), ("y", (1,))]  # once ready it goes first
+
+
+def test_reservation_follows_priority_order():
+    # The big job comes last in the spec but first by priority: it reserves the one free GPU.
+    spec = mkspec([{"id": "small0"}, {"id": "small1"}, {"id": "big", "gpus_per_job": 2, "priority": 1}])
+    js = jobs_of(spec)
+    transition(js[0], S.RUNNING, "launch", 0.0, gpus=[0], started_at=0.0)
+    res = tick(0.1, readings(3, 3), js, spec)
+    assert launches(res) == [] and res.waiting == {"gpus": 2}
+    transition(js[0], S.COMPLETED, "exit 0", 0.2)
+    assert launches(tick(0.3, readings(3, 3), js, spec)) == [("big", (0, 1))]
+    # Without the priority small1 takes the free GPU first (spec order), as before.
+    spec = mkspec([{"id": "small0"}, {"id": "small1"}, {"id": "big", "gpus_per_job": 2}])
+    js = jobs_of(spec)
+    transition(js[0], S.RUNNING, "launch", 0.0, gpus=[0], started_at=0.0)
+    assert launches(tick(0.1, readings(3, 3), js, spec)) == [("small1", (1,))]
+
+
 def test_draining_starts_nothing():
     spec = mkspec([{"id": "a"}])
     res = tick(0.0, readings(3), jobs_of(spec), spec, draining=True)

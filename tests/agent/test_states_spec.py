@@ -82,6 +82,10 @@ def spec(**over):
         ({"queue": {"launcher": "nohup"}}, "launcher"),
         ({"queue": {"oom_signatures": ["(unclosed"]}}, "bad regex"),
         ({"jobs": [{"id": "a", "cwd": "/"}]}, "cmd is missing"),
+        ({"jobs": [{"id": "a", "cmd": "x", "cwd": "/", "priority": "high"}]}, "jobs[0] (a).priority"),
+        ({"jobs": [{"id": "a", "cmd": "x", "cwd": "/", "priority": True}]}, "must be a finite number"),
+        ({"jobs": [{"id": "a", "cmd": "x", "cwd": "/", "priority": float("nan")}]}, "got nan"),
+        ({"jobs": [{"id": "a", "cmd": "x", "cwd": "/", "priority": 10**400}]}, "priority"),
     ],
 )
 def test_bad_specs_are_named(change, words):
@@ -95,6 +99,22 @@ def test_defaults_fill_a_minimal_spec():
     j = s.jobs[0]
     assert (j.gpus_per_job, j.oom_retry.max_attempts, j.retry.max_attempts, j.output_check) == (1, 3, 1, None)
     assert s.queue.gpus == "auto" and s.queue.launcher == "process" and not s.queue.cpu_only
+    assert j.priority == 0.0 and s.start_rank is None  # no priorities: start in spec order
+
+
+def test_priority_is_read_and_the_start_order_computed_once():
+    jobs = [
+        {"id": "a", "cmd": "x", "cwd": "/"},
+        {"id": "b", "cmd": "x", "cwd": "/", "priority": 2},
+        {"id": "c", "cmd": "x", "cwd": "/", "priority": None},
+        {"id": "d", "cmd": "x", "cwd": "/", "priority": 2.5},
+        {"id": "e", "cmd": "x", "cwd": "/", "priority": -1},
+    ]
+    s = parse_spec(spec(jobs=jobs))
+    assert [j.priority for j in s.jobs] == [0.0, 2.0, 0.0, 2.5, -1.0]
+    assert isinstance(s.jobs[1].priority, float)
+    assert s.start_rank == {"d": 0, "b": 1, "a": 2, "c": 3, "e": 4}
+    assert s.start_rank is s.start_rank  # cached on the spec, not rebuilt per tick
 
 
 @pytest.mark.parametrize("path", sorted(DATA.glob("runspec_*.json")), ids=lambda p: p.name)
@@ -102,3 +122,9 @@ def test_shared_example_specs_parse(path):
     data = json.loads(path.read_text())
     s = parse_spec(data)
     assert s.run_id == data["run_id"] and len(s.jobs) == len(data["jobs"])
+
+
+def test_shared_example_carries_a_priority():
+    s = parse_spec(json.loads((DATA / "runspec_remote_demo.json").read_text()))
+    assert s.job("both_gpus").priority == 10.0 and s.job("prep").priority == 0.0
+    assert s.start_rank is not None and s.start_rank["both_gpus"] == 0

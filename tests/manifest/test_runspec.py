@@ -39,7 +39,7 @@ def test_round_trip(spec: RunSpec) -> None:
     ]  # fmt: skip
     assert list(data["jobs"][0]) == [
         "id", "phase", "cmd", "cwd", "env", "prelude", "output_check", "depends_on", "gpus_per_job",
-        "timeout", "oom_retry", "retry",
+        "priority", "timeout", "oom_retry", "retry",
     ]  # fmt: skip
     assert (data["format"], data["version"]) == (SPEC_FORMAT, SPEC_VERSION)
 
@@ -88,6 +88,8 @@ def test_target() -> None:
         (lambda d: d["jobs"][0].update(extra=1), "invalid run spec"),
         (lambda d: d["jobs"].append(dict(d["jobs"][0])), "appears twice"),
         (lambda d: d["jobs"].reverse(), "not listed before it"),
+        (lambda d: d["jobs"][0].update(priority="high"), "jobs.0.priority"),
+        (lambda d: d["jobs"][0].update(priority=True), "jobs.0.priority"),
     ],
 )
 def test_from_json_refuses(spec: RunSpec, mutate, needle: str) -> None:
@@ -102,3 +104,15 @@ def test_from_json_not_json() -> None:
         RunSpec.from_json("{")
     with pytest.raises(RunSpecError, match="not a run spec"):
         RunSpec.from_json("[]")
+
+
+def test_priority_round_trip_and_a_missing_field_reads_as_zero(spec: RunSpec) -> None:
+    data = json.loads(spec.to_json())
+    assert {j["priority"] for j in data["jobs"]} == {0.0}
+    data["jobs"][0]["priority"] = 7
+    data["jobs"][1]["priority"] = -1.5
+    again = RunSpec.from_json(json.dumps(data))
+    assert [j.priority for j in again.jobs[:2]] == [7.0, -1.5]
+    assert RunSpec.from_json(again.to_json()) == again
+    del data["jobs"][0]["priority"]  # a version 1 spec written before the field existed
+    assert RunSpec.from_json(json.dumps(data)).jobs[0].priority == 0.0

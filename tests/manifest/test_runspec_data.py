@@ -21,7 +21,7 @@ FIXED_TIME = datetime(2026, 1, 1, tzinfo=timezone.utc)
 FIXED_BASE = Path("/tmp/aris_queue_examples")
 
 REMOTE_MANIFEST = """\
-# A remote run with every job-level feature: conda + setup prelude, explicit jobs, job dependencies.
+# A remote run with every job-level feature: conda + setup prelude, explicit jobs, job dependencies, priority.
 project: remote_demo
 ssh: gpu-server
 cwd: projects/distill
@@ -51,6 +51,7 @@ jobs:
   - id: both_gpus
     cmd: python run_big.py --devices ${GPU} --tag "it's big"
     gpus_per_job: 2
+    priority: 10
     timeout: 3600
     env: {NCCL_DEBUG: INFO}
     depends_on: prep
