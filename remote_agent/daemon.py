@@ -44,6 +44,7 @@ class Daemon:
         self.handles: Dict[str, runner.Handle] = {}
         self.orphans: List[runner.Handle] = []  # processes of cancelled jobs, still dying
         self._digest_seq = -1  # journal seq that digest.json describes
+        self._last_tick_key: Optional[Tuple[Any, ...]] = None  # inputs of the last tick (see _tick)
         self.readings = gpus.Readings([], "not read yet", 0.0)
         self.last_exit_at = 0.0
         self.state = "starting"
@@ -157,6 +158,22 @@ class Daemon:
             now - self.readings.taken_at >= q.poll_interval or self.readings.taken_at <= self.last_exit_at
         ):
             self.readings = gpus.read(self.clock())
+        # A tick is O(jobs). When none of its inputs moved since a tick that decided nothing, its answer
+        # would be the same: skip it (a 10,000-job queue waiting for GPUs would otherwise burn CPU idling).
+        key = self._tick_inputs()
+        last = self.last_tick
+        if (
+            last is not None
+            and key == self._last_tick_key
+            and not last.decisions
+            and (last.wake_at is None or now < last.wake_at)
+        ):
+            if not q.cpu_only:  # keep the memory figures that status shows current (O(GPUs))
+                last.gpu_status = gpus.availability(
+                    self.readings, q.gpus, q.gpu_free_threshold_mib, self._held()
+                )
+            return last
+        self._last_tick_key = key
         res = self._tick_once(now)
         wants_gpu = any(isinstance(d, Launch) and d.gpus for d in res.decisions)
         if wants_gpu and now - self.readings.taken_at > float(defaults.tunable("GPU_READING_MAX_AGE")):
@@ -164,6 +181,17 @@ class Daemon:
             res = self._tick_once(now)
         self.last_tick = res
         return res
+
+    def _tick_inputs(self) -> Tuple[Any, ...]:
+        """What a tick's decisions depend on besides time: job records (journal seq), live processes, control
+        flags, and which GPUs could take a job (not their exact memory, which moves all the time)."""
+        threshold = self.spec.queue.gpu_free_threshold_mib
+        gpu_view = tuple(
+            (g.index, g.error is None and g.used_mib is not None and g.used_mib < threshold)
+            for g in self.readings.gpus
+        )
+        handles = tuple(sorted((h.job, h.gpus, bool(h.kill_reason)) for h in self._all_handles()))
+        return (self.store.seq, handles, gpu_view, self.readings.error, self.draining, self.cancel_all)
 
     def _tick_once(self, now: float) -> TickResult:
         handles = self._all_handles()
