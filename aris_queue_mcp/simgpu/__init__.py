@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 BIN_DIR = Path(__file__).resolve().parent / "bin"
-"""Directory holding the fake ``nvidia-smi`` executable."""
+"""Directory holding the fake ``nvidia-smi`` as a plain script (to copy to another host); ``install`` writes
+a faster copy into the sim directory and puts that on ``PATH``."""
 
 FAKE_TRAIN = Path(__file__).resolve().parent / "fake_train.py"
 """Path of the fake training script (runnable as a plain script)."""
@@ -62,8 +64,28 @@ def install(
         "driver_failure": driver_failure,
     }
     write_config(sim_dir, config)
+    bin_dir = sim_dir / "bin"
+    write_nvidia_smi(bin_dir / "nvidia-smi")
     path = os.environ.get("PATH", "")
-    return {"SIMGPU_DIR": str(sim_dir), "PATH": f"{BIN_DIR}{os.pathsep}{path}" if path else str(BIN_DIR)}
+    return {"SIMGPU_DIR": str(sim_dir), "PATH": f"{bin_dir}{os.pathsep}{path}" if path else str(bin_dir)}
+
+
+def write_nvidia_smi(target: Path) -> None:
+    """Write the fake ``nvidia-smi`` with this interpreter (and ``-S``) in its shebang.
+
+    The real one is a native binary that answers in tens of milliseconds; ``#!/usr/bin/env python3`` may go
+    through a version-manager shim and site-packages start-up that cost five times that, which would make
+    the simulated GPUs slow down exactly the scheduling latency the benchmarks measure.
+    """
+    source = (Path(__file__).resolve().parent / "nvidia_smi.py").read_text(encoding="utf-8")
+    body = source.split("\n", 1)[1] if source.startswith("#!") else source
+    interpreter = sys.executable if sys.executable and " " not in sys.executable else "/usr/bin/env python3"
+    flag = " -S" if not interpreter.startswith("/usr/bin/env") else ""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(f"#!{interpreter}{flag}\n{body}", encoding="utf-8")
+    tmp.chmod(0o755)
+    os.replace(tmp, target)
 
 
 def read_config(sim_dir: Path) -> dict:
@@ -79,4 +101,4 @@ def write_config(sim_dir: Path, config: dict) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["BIN_DIR", "FAKE_TRAIN", "gpu_uuid", "install", "read_config", "write_config"]
+__all__ = ["BIN_DIR", "FAKE_TRAIN", "gpu_uuid", "install", "read_config", "write_config", "write_nvidia_smi"]
