@@ -447,7 +447,12 @@ def _toposort(drafts: list[_Draft], deps: dict[str, list[str]], col: _Collector)
 
 
 def expand_detailed(manifest: Manifest) -> list[ExpandedJob]:
-    """Expand with provenance: each run spec job plus its grid values and rendered preconditions."""
+    """Expand with provenance: each run spec job plus its grid values and rendered preconditions.
+
+    Computed once per manifest object (a validated manifest is not changed afterwards).
+    """
+    if manifest._expanded is not None:
+        return list(manifest._expanded)
     col = _Collector()
     drafts: list[_Draft] = []
     if manifest.phases is not None:
@@ -481,7 +486,8 @@ def expand_detailed(manifest: Manifest) -> list[ExpandedJob]:
             **d.spec,
         )
         out.append(ExpandedJob(spec=spec, vars=d.vars, origin=d.origin, preconditions=d.preconditions))
-    return out
+    manifest._expanded = out
+    return list(out)
 
 
 def expand_jobs(manifest: Manifest) -> list[JobSpec]:

@@ -314,6 +314,9 @@ class Manifest(_Strict):
 
     _source_text: str = PrivateAttr(default="")
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    # The expansion, computed once: load_manifest expands to validate, and the run spec, the plan and the
+    # precondition check all need the same list (10,000 jobs take about a second to expand).
+    _expanded: list[Any] | None = PrivateAttr(default=None)
 
     _v_env = field_validator("env", mode="before")(_check_env)
     _v_grid = field_validator("grid", mode="before")(_check_grid)
