@@ -4,8 +4,11 @@ The teacher -> student example (``examples/teacher_student.yaml``, 2 teachers th
 N; its own durations and settings) runs to completion on simulated GPUs through the real MCP server
 (``create_server``) and the real ``mcp`` client, in memory, twice:
 
-- ``wait``: ``launch_queue``, then ``queue_status(run_id, wait_s=300, since_seq=<last seq>)`` until the
-  queue is finished (the flow the server's instructions describe);
+- ``attention``: ``launch_queue``, then ``queue_status(run_id, wait_s=300, until="attention")`` until the
+  queue is finished (the flow the server's instructions describe: it returns when a job fails, gets stuck
+  or is blocked, or when the queue ends);
+- ``wait``: ``launch_queue``, then ``queue_status(run_id, wait_s=300, since_seq=<last seq>)``, returning at
+  every state change;
 - ``poll``: ``launch_queue``, then ``queue_status(run_id)`` every ``poll_s`` seconds (30 s in the full run).
 
 Counted per call: the UTF-8 bytes of the text content (what a model reads) and of the structured content
@@ -84,8 +87,12 @@ async def _follow(root: Path, how: str, poll_s: float) -> dict[str, Any]:
             t_launch = time.time()
             s: dict[str, Any] = {}
             while True:
-                if how == "wait":
-                    args: dict[str, Any] = {"run_id": run_id, "wait_s": WAIT_S}
+                if how == "attention":
+                    args: dict[str, Any] = {"run_id": run_id, "wait_s": WAIT_S, "until": "attention"}
+                    if s:
+                        args["since_seq"] = s["seq"]
+                elif how == "wait":
+                    args = {"run_id": run_id, "wait_s": WAIT_S}
                     if s:
                         args["since_seq"] = s["seq"]
                 else:
@@ -127,7 +134,7 @@ def run(mode: str = "full", base: Path | None = None) -> dict[str, Any]:
     warnings.filterwarnings("ignore", category=UserWarning, module="mcp")
     out: dict[str, Any] = {"example": "examples/teacher_student.yaml", "wait_s": WAIT_S, "poll_s": poll_s}
     with workdir(base, "callcost") as root:
-        for how in ("wait", "poll"):
+        for how in ("attention", "wait", "poll"):
             sub = root / how
             with sim_gpus(sub, 4):
                 try:
@@ -147,10 +154,17 @@ def run(mode: str = "full", base: Path | None = None) -> dict[str, Any]:
 
 
 def rows(d: dict[str, Any]) -> list[Row]:
-    w, p = d["wait"], d["poll"]
+    a, w, p = d["attention"], d["wait"], d["poll"]
     return [
         (
-            f"4. MCP cost, teacher->student example, wait_s={d['wait_s']}",
+            f"4. MCP cost, teacher->student example, wait_s={d['wait_s']}, until=attention",
+            f"{a['calls']} calls, {fmt(a['text_bytes'])} B text (~{fmt(a['approx_tokens'])} tok), "
+            f"finish known after {fmt(a['notice_delay_s'])} s",
+            "",
+            "",
+        ),
+        (
+            f"4. MCP cost, same, wait_s={d['wait_s']}, returning at every change",
             f"{w['calls']} calls, {fmt(w['text_bytes'])} B text (~{fmt(w['approx_tokens'])} tok), "
             f"finish known after {fmt(w['notice_delay_s'])} s",
             "",

@@ -20,7 +20,7 @@ EXPECTED = {
     "latency": ["reuse_latency_s", "breakdown_s", "gaps_measured", "completed", "met"],
     "makespan": ["independent", "two_phase", "met"],
     "scale": ["sizes", "met"],
-    "callcost": ["wait", "poll"],
+    "callcost": ["attention", "wait", "poll"],
     "recovery": ["kill_to_tracked_s", "resume_call_s", "adopted", "lost_attempts", "ok"],
 }
 
@@ -55,7 +55,7 @@ def test_every_family_in_tiny_mode(tmp_path: Path) -> None:
             assert key in size
         assert size["local"]["digest_bytes"] > 0 and size["local"]["agent_peak_rss_kib"]
         assert size["store"]["burst"]["journal_bytes_per_transition"] > 0
-    for how in ("wait", "poll"):
+    for how in ("attention", "wait", "poll"):
         c = result["callcost"][how]
         assert c["completed"] == c["total"] == 8 and c["calls"] >= 2 and c["text_bytes"] > 0
     rec = result["recovery"]
