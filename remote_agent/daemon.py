@@ -45,6 +45,8 @@ class Daemon:
         self.orphans: List[runner.Handle] = []  # processes of cancelled jobs, still dying
         self._digest_seq = -1  # journal seq that digest.json describes
         self._last_tick_key: Optional[Tuple[Any, ...]] = None  # inputs of the last tick (see _tick)
+        self._gpu_timeouts = 0  # nvidia-smi calls in a row that hung
+        self._gpu_read_after = 0.0  # no reading before this time (backoff after hangs)
         self.readings = gpus.Readings([], "not read yet", 0.0)
         self.last_exit_at = 0.0
         self.state = "starting"
@@ -154,10 +156,14 @@ class Daemon:
 
     def _tick(self, now: float) -> TickResult:
         q = self.spec.queue
-        if not q.cpu_only and (
-            now - self.readings.taken_at >= q.poll_interval or self.readings.taken_at <= self.last_exit_at
+        if (
+            not q.cpu_only
+            and now >= self._gpu_read_after
+            and (
+                now - self.readings.taken_at >= q.poll_interval or self.readings.taken_at <= self.last_exit_at
+            )
         ):
-            self.readings = gpus.read(self.clock())
+            self._read_gpus()
         # A tick is O(jobs). When none of its inputs moved since a tick that decided nothing, its answer
         # would be the same: skip it (a 10,000-job queue waiting for GPUs would otherwise burn CPU idling).
         key = self._tick_inputs()
@@ -177,10 +183,22 @@ class Daemon:
         res = self._tick_once(now)
         wants_gpu = any(isinstance(d, Launch) and d.gpus for d in res.decisions)
         if wants_gpu and now - self.readings.taken_at > float(defaults.tunable("GPU_READING_MAX_AGE")):
-            self.readings = gpus.read(self.clock())
+            self._read_gpus()
             res = self._tick_once(now)
         self.last_tick = res
         return res
+
+    def _read_gpus(self) -> None:
+        """Take a reading; after nvidia-smi hangs, wait longer and longer (up to a minute) before asking
+        again, so a wedged driver does not block the loop (exits, control requests) on every poll."""
+        self.readings = gpus.read(self.clock())
+        if self.readings.timed_out:
+            self._gpu_timeouts += 1
+            pause = min(60.0, self.spec.queue.poll_interval * 2.0**self._gpu_timeouts)
+            self._gpu_read_after = self.clock() + pause
+            log.warning("%s; next reading in %.0f s", self.readings.error, pause)
+        else:
+            self._gpu_timeouts, self._gpu_read_after = 0, 0.0
 
     def _tick_inputs(self) -> Tuple[Any, ...]:
         """What a tick's decisions depend on besides time: job records (journal seq), live processes, control

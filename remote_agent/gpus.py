@@ -34,6 +34,8 @@ class Readings:
     gpus: List[GpuReading]
     error: Optional[str]
     taken_at: float
+    timed_out: bool = False
+    """nvidia-smi hung (a wedged driver): the caller backs off instead of blocking on it every poll."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def read(now: float, timeout: Optional[float] = None) -> Readings:
     except FileNotFoundError:
         return Readings([], "nvidia-smi not found on PATH", now)
     except subprocess.TimeoutExpired:
-        return Readings([], f"nvidia-smi did not answer within {timeout:g}s", now)
+        return Readings([], f"nvidia-smi did not answer within {timeout:g}s", now, timed_out=True)
     except OSError as exc:
         return Readings([], f"nvidia-smi could not run: {exc}", now)
     if proc.returncode != 0:

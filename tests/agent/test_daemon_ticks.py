@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import remote_agent.daemon as daemon_mod
 from remote_agent import gpus, store
 from remote_agent.daemon import Daemon
@@ -36,5 +38,38 @@ def test_idle_ticks_are_skipped_until_an_input_moves(simgpu, tmp_path, monkeypat
         now[0] += 1.0
         res = d._tick(now[0])
         assert len(calls) == 2 and [x.job for x in res.decisions] == ["j0"]
+    finally:
+        st.close()
+
+
+def test_a_hanging_nvidia_smi_is_asked_less_and_less_often(simgpu, tmp_path, monkeypatch):
+    run_dir = make_run(tmp_path, [job("a", "true")], poll_interval=1.0)
+    spec = load_spec(str(run_dir))
+    st = store.Store(str(run_dir), spec, writer=True)
+    now = [1000.0]
+    asked: list[float] = []
+    ok = [False]
+
+    def read(t: float) -> gpus.Readings:
+        asked.append(now[0])
+        if ok[0]:
+            return gpus.Readings([gpus.GpuReading(0, "GPU-0", 3, 81559)], None, t)
+        return gpus.Readings([], "nvidia-smi did not answer within 5s", t, timed_out=True)
+
+    monkeypatch.setattr(gpus, "read", read)
+    d = Daemon(str(run_dir), spec, st, clock=lambda: now[0])
+    try:
+        for _ in range(40):  # 40 s of one-second polls
+            res = d._tick(now[0])
+            assert res.decisions == []  # the GPU job waits; the loop goes on
+            now[0] += 1.0
+        gaps = [b - a for a, b in itertools.pairwise(asked)]
+        assert gaps[:4] == [2.0, 4.0, 8.0, 16.0] and len(asked) <= 6
+        ok[0] = True  # the driver recovers: the next reading after the pause resets the backoff
+        while len(asked) < 7:
+            d._tick(now[0])
+            now[0] += 1.0
+        res = d._tick(now[0])
+        assert [x.job for x in res.decisions] == ["a"]
     finally:
         st.close()
