@@ -20,13 +20,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aris_queue_mcp import simgpu
 from aris_queue_mcp.service import QueueService
+from tests.fixtures.simgpu import pid_alive  # the same process check the tests use
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_TRAIN = str(simgpu.FAKE_TRAIN)
@@ -253,25 +254,6 @@ def vm_hwm_kib(pid: int) -> int | None:
         text = Path(f"/proc/{pid}/status").read_text()
         return int(next(ln for ln in text.splitlines() if ln.startswith("VmHWM:")).split()[1])
     return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        val = pred()
-        if val:
-            return val
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what or pred}")
-        time.sleep(interval)
 
 
 def wait_finished(svc: QueueService, run_id: str, timeout: float) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aris_queue_mcp.service import QueueService
+from tests.fixtures.simgpu import pid_alive, wait_for
 
 from .common import (
     Row,
@@ -32,13 +33,11 @@ from .common import (
     check_mode,
     fmt,
     journal,
-    pid_alive,
     sim_gpus,
     stamped_cmd,
     summary,
     verdict,
     wait_finished,
-    wait_for,
     workdir,
 )
 

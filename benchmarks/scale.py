@@ -31,6 +31,7 @@ from remote_agent import views
 from remote_agent.scheduler import tick
 from remote_agent.spec import load_spec
 from remote_agent.states import JobState, transition, update
+from tests.fixtures.simgpu import wait_for
 
 from .common import (
     Loopback,
@@ -44,7 +45,6 @@ from .common import (
     sshd_available,
     verdict,
     vm_hwm_kib,
-    wait_for,
     workdir,
 )
 
