@@ -27,19 +27,12 @@ WAIT_SLICE_S = 30.0
 JSON_JOB_LIMIT = 100_000
 """Job rows ``status --json`` returns when no --limit is given: all of them for any realistic queue."""
 
-ACTIVE_STATES = ("pending", "running", "failed_oom", "failed_other")
-
-
-def queue_done(s: QueueStatus) -> bool:
-    """True when nothing will change without a person: no job waits, runs or awaits a retry."""
-    return not any(s.counts.get(k) for k in ACTIVE_STATES) or not s.agent.alive
-
 
 def follow(svc: QueueService, run_id: str, on_change: Callable[[QueueStatus], None]) -> QueueStatus:
     """Block until the run's queue is done, calling ``on_change`` with each new digest."""
     s = svc.queue_status(run_id)
     on_change(s)
-    while not queue_done(s):
+    while not s.over:
         s = svc.queue_status(run_id, wait_s=WAIT_SLICE_S, since_seq=s.seq)
         if s.changed is not False:
             on_change(s)

@@ -12,6 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .preconditions import PreconditionReport
 
+ACTIVE_STATES = ("pending", "running", "failed_oom", "failed_other")
+"""States in which a job still changes without anyone acting (it runs, waits to run, or awaits its retry)."""
+
+ATTENTION_STATES = ("failed_oom", "failed_other", "stuck", "blocked")
+"""States that deserve a look: a failure (retried or not) or a job that will not start."""
+
+
+def queue_over(counts: dict[str, int], scheduler_alive: bool) -> bool:
+    """True when nothing will change without a person: no active job, or no scheduler to move them."""
+    return not any(counts.get(k) for k in ACTIVE_STATES) or not scheduler_alive
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -143,6 +154,11 @@ class QueueStatus(_Model):
         default=None, description="With since_seq: true when the queue changed since that seq."
     )
     next_call_hint: str = Field(default="", description="One line: what to do next.")
+
+    @property
+    def over(self) -> bool:
+        """Nothing will change without a person (see :func:`queue_over`)."""
+        return queue_over(self.counts, self.agent.alive)
 
 
 # --- operations

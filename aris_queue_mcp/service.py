@@ -19,6 +19,8 @@ from .client import AgentClient
 from .errors import AgentError, ArisQueueError, TransportError
 from .manifest import Manifest, load_manifest
 from .models import (
+    ACTIVE_STATES,
+    ATTENTION_STATES,
     CancelResult,
     DrainResult,
     ExpandResult,
@@ -31,6 +33,7 @@ from .models import (
     RunInfo,
     RunList,
     SummaryResult,
+    queue_over,
 )
 from .preconditions import PreconditionReport
 from .preconditions import check_preconditions as _check_preconditions
@@ -516,7 +519,7 @@ class QueueService:
                     "launched. Follow it with queue_status, or pass force=true to start a second run.",
                 )
             counts = d.get("counts") or {}
-            if any(counts.get(k) for k in ("pending", "running", "failed_oom", "failed_other")):
+            if any(counts.get(k) for k in ACTIVE_STATES):
                 return self.resume(record.run_id, progress=progress)
         return None
 
@@ -525,23 +528,16 @@ class QueueService:
 
 
 WaitUntil = Literal["change", "attention", "finished"]
-_ACTIVE = ("pending", "running", "failed_oom", "failed_other")
-_ATTENTION = ("failed_oom", "failed_other", "stuck", "blocked")
-
-
-def _queue_over(digest: Mapping[str, Any]) -> bool:
-    counts = digest.get("counts") or {}
-    return not any(counts.get(k) for k in _ACTIVE) or not (digest.get("agent") or {}).get("alive")
 
 
 def _attention(digest: Mapping[str, Any]) -> int:
     """Jobs that need a look (failed, waiting for a retry, stuck or blocked)."""
     counts = digest.get("counts") or {}
-    return sum(int(counts.get(k) or 0) for k in _ATTENTION)
+    return sum(int(counts.get(k) or 0) for k in ATTENTION_STATES)
 
 
 def _wait_over(digest: Mapping[str, Any], until: WaitUntil, baseline: int) -> bool:
-    if _queue_over(digest):
+    if queue_over(digest.get("counts") or {}, bool((digest.get("agent") or {}).get("alive"))):
         return True
     return until == "attention" and _attention(digest) > baseline
 
