@@ -170,7 +170,14 @@ def tick(
     )
     free = [g.index for g in gstat if g.usable]
     # GPUs the queue could ever use; only trusted when nvidia-smi answered (a failing driver lists none).
-    capacity = len(gstat) if not readings.error else None
+    # GPUs of the queue that nvidia-smi lists (capacity: a job needing more can never run), and those of them
+    # whose memory it can read (readable: a job needing more cannot run now, e.g. one GPU reads [N/A]; it
+    # waits, but reserves nothing, so it cannot hold back the jobs behind it). Unknown while nvidia-smi fails.
+    listed = {g.index: g for g in readings.gpus}
+    capacity = readable = None
+    if not readings.error:
+        capacity = sum(1 for g in gstat if g.index in listed)
+        readable = sum(1 for g in gstat if g.index in listed and listed[g.index].error is None)
     reserved_for: Optional[str] = None
     cap, cpu_cap = slot_caps(spec, cpu_count)
     waiting: Dict[str, int] = {}
@@ -201,7 +208,7 @@ def tick(
         else:
             key = "gpu_error" if readings.error else "gpus"
             waiting[key] = waiting.get(key, 0) + 1
-            if reserved_for is None and not readings.error:
+            if reserved_for is None and readable is not None and need <= readable:
                 reserved_for = jid
             continue
         running += 1

@@ -352,3 +352,18 @@ def test_prelude_failure_signature():
     job, js = _running(spec)
     tail = "aris-queue: prelude line 2 failed (exit 1): conda activate nope\n"
     assert classify_exit(job, js, ExitInfo(98, log_tail=tail), 1.0).signature == "prelude_failed"
+
+
+def test_a_multi_gpu_job_that_cannot_fit_now_does_not_hold_back_the_queue():
+    # GPU 3 reads [N/A]: the 4-GPU job waits (the GPU may come back) but reserves nothing.
+    spec = mkspec([{"id": "big", "gpus_per_job": 4}, {"id": "s1"}, {"id": "s2"}])
+    res = tick(0.0, readings(0, 0, 0, 0, na=(3,)), jobs_of(spec), spec)
+    assert launches(res) == [("s1", (0,)), ("s2", (1,))]
+    assert res.waiting == {"gpus": 1}
+    # The queue lists GPUs the host does not have: a job needing more than the host's GPUs is blocked.
+    spec = mkspec([{"id": "big", "gpus_per_job": 4}, {"id": "s1"}], gpus=[0, 1, 2, 3])
+    res = tick(0.0, readings(0, 0), jobs_of(spec), spec)
+    assert [(d.job, d.reason) for d in res.decisions if isinstance(d, Block)] == [
+        ("big", "needs 4 GPUs but the queue has 2")
+    ]
+    assert launches(res) == [("s1", (0,))]
