@@ -352,14 +352,18 @@ class Daemon:
         """Record how attempt ``job.attempts`` ended (exit file, else the wait status of our own child)."""
         code = runner.read_exit(self.run_dir, job.id, job.attempts)
         why = lost_reason or "process gone without an exit code"
-        if code is None and h is not None and h.popen is not None and status is not None:
-            if status < 0 and h.kill_reason:
-                code = 128 - status  # killed by our own SIGKILL after its grace: a real end, not a loss
+        if code is None and h is not None and h.kill_reason:
+            # Killed by us (timeout or cancel) before it could write its exit file: a real end, not a loss.
+            # Our own child has a wait status; an adopted or screen/tmux attempt died of our SIGTERM/SIGKILL.
+            if h.popen is not None and status is not None:
+                code = 128 - status if status < 0 else status
             else:
-                why = (
-                    f"wrapper ended ({'signal ' + str(-status) if status < 0 else 'exit ' + str(status)}) "
-                    "without an exit code"
-                )
+                code = 128 + int(signal.SIGKILL)
+        elif code is None and h is not None and h.popen is not None and status is not None:
+            why = (
+                f"wrapper ended ({'signal ' + str(-status) if status < 0 else 'exit ' + str(status)}) "
+                "without an exit code"
+            )
         js = self.spec.by_id[job.id]
         info = ExitInfo(
             code,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import re
 import shlex
@@ -323,8 +324,15 @@ class Handle:
 
 
 def session_name(run_id: str, job: str, attempt: int) -> str:
-    """A screen/tmux session name (tmux turns '.' and ':' into '_', so do it ourselves)."""
-    return re.sub(r"[^A-Za-z0-9_-]", "_", f"aris-{run_id}-{job}-{attempt}")
+    """A screen/tmux session name, unique per (run, job, attempt).
+
+    tmux turns '.' and ':' into '_' (so ids ``a.b`` and ``a_b`` would collide) and ``screen -S NAME`` matches
+    any session whose name starts with NAME (``t-1`` would match ``t-10-1``): the readable part is followed by
+    a hash of the exact triple, of fixed length, so no name is another's prefix or twin.
+    """
+    digest = hashlib.sha1(f"{run_id}\0{job}\0{attempt}".encode()).hexdigest()[:10]
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", f"aris-{run_id}-{job}-{attempt}")
+    return f"{readable}-{digest}"
 
 
 def prepare(run_dir: str) -> None:

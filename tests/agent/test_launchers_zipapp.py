@@ -157,3 +157,36 @@ def test_launcher_not_on_path_raises_launch_error(tmp_path, monkeypatch):
     monkeypatch.setattr(runner.shutil, "which", lambda _name: None)
     with pytest.raises(runner.LaunchError, match="launcher 'screen' is not installed"):
         runner.launch(str(run_dir), "r", js, 1, (0,), "screen", 0.0)
+
+
+def test_tmux_ids_that_sanitize_alike_get_their_own_sessions(simgpu, tmp_path, tmux_env):
+    jobs = [job("a.b", "sleep 0.5", gpus_per_job=0), job("a_b", "sleep 0.5", gpus_per_job=0)]
+    run_dir = make_run(tmp_path, jobs, launcher="tmux", run_id="tm3", gpus=[])
+    assert agent("run", "--run-dir", str(run_dir)).rc == 0
+    rows = {j["id"]: j["status"] for j in status(run_dir, "--jobs")["jobs"]}
+    assert rows == {"a.b": "completed", "a_b": "completed"}
+
+
+def test_a_timeout_under_tmux_is_a_timeout_not_a_loss(simgpu, tmp_path, tmux_env):
+    jobs = [job("t", "trap '' TERM; sleep 30", gpus_per_job=0, timeout=0.5)]
+    run_dir = make_run(tmp_path, jobs, launcher="tmux", run_id="tm4", gpus=[], kill_grace=0.3)
+    assert agent("run", "--run-dir", str(run_dir), timeout=120).rc == 0
+    t = status(run_dir, "--jobs")["jobs"][0]
+    assert t["status"] == "stuck" and "timeout" in t["reason"] and t["attempts"] == 1
+
+
+@pytest.mark.skipif(shutil.which("screen") is None, reason="screen is not installed")
+def test_ending_a_screen_session_leaves_sessions_whose_names_extend_it(tmp_path, monkeypatch):
+    from remote_agent import runner
+
+    short, longer = runner.session_name("R", "t", 1), runner.session_name("R", "t-1", 1)
+    (tmp_path / "screens").mkdir(mode=0o700)
+    monkeypatch.setenv("SCREENDIR", str(tmp_path / "screens"))  # a private screen socket directory
+    for name in (short, longer):
+        subprocess.run(["screen", "-dmS", name, "sleep", "30"], check=True)
+    try:
+        runner.end_session("screen", short)  # `screen -S NAME` matches by prefix: names must not nest
+        ls = subprocess.run(["screen", "-ls"], capture_output=True, text=True).stdout
+        assert longer in ls and short not in ls
+    finally:
+        subprocess.run(["screen", "-S", longer, "-X", "quit"], capture_output=True)
