@@ -209,7 +209,13 @@ def cmd_status(a: argparse.Namespace) -> Dict[str, Any]:
     if a.wait and a.wait > 0:
         since = a.since_seq if a.since_seq is not None else store.last_seq(a.run_dir)
         deadline = time.monotonic() + a.wait
+        next_alive_check = 0.0
         while store.last_seq(a.run_dir) <= since and time.monotonic() < deadline:
+            # Without a scheduler nothing will change: answer now instead of at the deadline.
+            if time.monotonic() >= next_alive_check:
+                if not views.agent_info(a.run_dir)["alive"]:
+                    break
+                next_alive_check = time.monotonic() + 0.5
             time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
     if not a.jobs:
         # The digest alone: served from digest.json when it is current, without parsing the spec or the store.

@@ -438,6 +438,12 @@ class Daemon:
                 recs.append({"event": "agent", "t": now, "state": "draining", "pid": os.getpid()})
             if req.get("op") == "cancel" and answer.get("whole_queue"):
                 self.cancel_all = True
+            if req.get("op") == "retry" and answer.get("retried") and (self.cancel_all or self.draining):
+                # A retry asks for work: it lifts an earlier whole-queue cancel or drain, or the retried
+                # jobs would sit pending under a scheduler about to exit while the caller thinks it runs.
+                self.cancel_all = self.draining = False
+                self.state = "running"
+                recs.append({"event": "agent", "t": now, "state": "running", "pid": os.getpid()})
             records.extend(recs)
             # The answer goes out only once its records are durable.
             self.store.append(records)

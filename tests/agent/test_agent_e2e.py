@@ -486,3 +486,30 @@ def test_a_non_numeric_priority_is_a_bad_spec_naming_the_job(simgpu, tmp_path):
     res = agent("run", "--run-dir", str(run_dir))
     assert res.rc == 1 and res.out["error"] == "bad_spec", res
     assert "jobs[0] (a).priority" in res.out["message"]
+
+
+def test_a_retry_after_a_whole_queue_cancel_runs_the_job(simgpu, tmp_path, cleanup_run_dirs):
+    jobs = [job("a", "trap '' TERM; sleep 30", gpus_per_job=0), job("b", "true", gpus_per_job=0)]
+    run_dir = make_run(tmp_path, jobs, gpus=[], kill_grace=1.0, max_parallel=1)
+    detach(run_dir, cleanup_run_dirs)
+    status_when(run_dir, lambda s: s["counts"]["running"] == 1, "a running")
+    assert agent("cancel", "--run-dir", str(run_dir)).out["whole_queue"]
+    retried = agent("retry", "--run-dir", str(run_dir), "b").out
+    assert retried["retried"] == ["b"] and retried["agent_running"] is True  # the scheduler runs it
+    wait_state(run_dir, "finished")
+    assert {j["id"]: j["status"] for j in status(run_dir, "--jobs")["jobs"]} == {
+        "a": "cancelled",
+        "b": "completed",
+    }
+
+
+def test_status_wait_answers_at_once_when_the_scheduler_is_gone(simgpu, tmp_path, cleanup_run_dirs):
+    run_dir = make_run(tmp_path, [job("a", "sleep 30", gpus_per_job=0)], gpus=[])
+    started = detach(run_dir, cleanup_run_dirs)
+    seq = status_when(run_dir, lambda s: s["counts"]["running"] == 1, "a running")["seq"]
+    os.kill(started["pid"], signal.SIGKILL)
+    wait_for(lambda: not pid_alive(started["pid"]), what="the scheduler gone")
+    # Nothing can change without a scheduler: a 10-minute wait must not block (agent() gives up after 60 s).
+    res = agent("status", "--run-dir", str(run_dir), "--wait", "600", "--since-seq", str(seq), timeout=60)
+    assert res.rc == 0 and res.out["agent"]["alive"] is False and res.out["seq"] == seq
+    agent("cancel", "--run-dir", str(run_dir))  # kills the orphaned job
