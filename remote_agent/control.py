@@ -118,12 +118,16 @@ def _cancel(
 # --------------------------------------------------------------------------- the command's side
 
 
-def kill_now(job: Job, grace: float) -> None:
-    """Stop a job's process group synchronously: SIGTERM, wait up to ``grace``, SIGKILL (used without a
-    scheduler, e.g. cancel after the scheduler died while jobs kept running)."""
-    if not runner.alive(job.pid, job.proc_start):
+def kill_now(run_dir: str, job: Job, grace: float) -> None:
+    """Stop a running job's process group synchronously: SIGTERM, wait up to ``grace``, SIGKILL (used without
+    a scheduler, e.g. cancel after the scheduler died while jobs kept running). An attempt whose pid was never
+    journaled is settled through its pid file first, so it can neither keep running nor start later."""
+    pid, start = job.pid, job.proc_start
+    if pid is None:
+        pid, start = runner.unrecorded_attempt(run_dir, job.id, job.attempts, job.started_at)
+    if pid is None or not runner.alive(pid, start):
         return
-    pgid = int(job.pid)  # type: ignore[arg-type]
+    pgid = int(pid)
     runner.signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and runner.group_alive(pgid):
@@ -140,7 +144,7 @@ def apply_offline(run_dir: str, spec: RunSpec, req: Dict[str, Any]) -> Dict[str,
         grace = spec.queue.kill_grace
 
         def cancel_running(job: Job, now: float) -> None:
-            kill_now(job, grace)
+            kill_now(run_dir, job, grace)
             if spec.queue.launcher != "process":
                 runner.end_session(
                     spec.queue.launcher, runner.session_name(spec.run_id, job.id, job.attempts)

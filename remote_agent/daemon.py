@@ -393,12 +393,8 @@ class Daemon:
                 continue
             pid, start = job.pid, job.proc_start
             if pid is None:
-                _claimed, pid = runner.claim_pid_file(self.run_dir, job.id, job.attempts)
-                start = runner.proc_start(pid) if pid else None
-                wall = runner.proc_start_wall(start) if start else None
-                if wall is None or job.started_at is None or wall < job.started_at - 1.0:
-                    pid = start = None  # not started by this attempt (or gone): never adopt a stranger
-                elif pid is not None:
+                pid, start = runner.unrecorded_attempt(self.run_dir, job.id, job.attempts, job.started_at)
+                if pid is not None:
                     records.append(update(job, "adopt", now, pid=pid, proc_start=start))
             if pid is not None and runner.alive(pid, start):
                 self.handles[job.id] = self._handle(job, pid, start, launcher)

@@ -162,6 +162,20 @@ def claim_pid_file(run_dir: str, job: str, attempt: int) -> Tuple[bool, Optional
     return True, None
 
 
+def unrecorded_attempt(
+    run_dir: str, job: str, attempt: int, started_at: Optional[float]
+) -> Tuple[Optional[int], Optional[str]]:
+    """``(pid, start)`` of an attempt whose pid the journal never got (the agent died while launching it),
+    settled through its pid file (see :func:`claim_pid_file`); ``(None, None)`` when it never ran or is gone.
+    A process older than the attempt is never taken for it."""
+    _claimed, pid = claim_pid_file(run_dir, job, attempt)
+    start = proc_start(pid) if pid else None
+    wall = proc_start_wall(start) if start else None
+    if pid is None or wall is None or started_at is None or wall < started_at - 1.0:
+        return None, None
+    return pid, start
+
+
 def read_pid_file(path: str, wait: Optional[float] = None) -> Optional[int]:
     """The pid in a wrapper's pid file, waiting briefly while it is created but not yet filled."""
     deadline = time.monotonic() + (defaults.tunable("PID_FILE_WAIT") if wait is None else wait)
