@@ -360,9 +360,12 @@ def launch(
     """Write the wrapper of ``attempt`` and start it in a new session. Raises LaunchError."""
     path = attempt_path(run_dir, "wrapper", js.id, attempt)
     text = wrapper_script(run_dir, js, attempt, gpus, now, tee=launcher != "process")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o700)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError as exc:  # e.g. a full disk: this attempt fails, the scheduler lives on
+        raise LaunchError(f"cannot write the wrapper {path}: {exc}") from exc
     if launcher == "process":
         try:
             popen = subprocess.Popen(
