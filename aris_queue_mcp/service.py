@@ -172,7 +172,13 @@ class QueueService:
             self.registry.remove(spec.run_id)
             raise
         say(6, "starting the scheduler")
-        pid = deploy.start_agent(self._client(record), record.remote_run_dir)
+        try:
+            pid = deploy.start_agent(self._client(record), record.remote_run_dir)
+        except AgentError as exc:
+            # A start request retried after a dropped connection finds the scheduler it already started.
+            if exc.code != "already_running":
+                raise
+            pid = int((self._client(record).status(record.remote_run_dir).get("agent") or {}).get("pid") or 0)
         record.launched_at = utc_now_iso()
         self.registry.save(record)
         say(_LAUNCH_STEPS, f"run {spec.run_id} started on {host.label}")
