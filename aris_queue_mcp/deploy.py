@@ -111,7 +111,11 @@ tmp="$3.tmp.$$"
 rm -rf "$tmp"
 "$1" -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$2" "$tmp" || exit 12
 chmod -R go-rwx "$tmp"
-mv "$tmp" "$3" 2>/dev/null || rm -rf "$tmp"
+"$1" -c 'import os, shutil, sys
+try:
+    os.rename(sys.argv[1], sys.argv[2])  # fails if it exists, where `mv` would nest the copy inside it
+except OSError:
+    shutil.rmtree(sys.argv[1], ignore_errors=True)' "$tmp" "$3"
 "$1" -m compileall -q "$3" >/dev/null 2>&1
 exit 0
 """
