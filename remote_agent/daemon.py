@@ -379,16 +379,21 @@ class Daemon:
     # ------------------------------------------------------------------ restart
     def recover(self) -> None:
         """Resolve every job the journal says is running: adopt it, finalize it from its exit file, or mark it
-        lost. Processes of cancelled jobs that still live are killed."""
+        lost. A recorded process of a job that is not running (cancelled, or retried while its cancelled
+        attempt was still dying) that still lives is killed, and holds its GPUs until it is gone."""
         now = self.clock()
         records: List[Dict[str, Any]] = []
         launcher = self.spec.queue.launcher
         for job in self.store.jobs.values():
-            if job.status == S.CANCELLED and job.pid and runner.alive(job.pid, job.proc_start):
-                h = self._handle(job, job.pid, job.proc_start, launcher)
-                h.orphan = True
-                self._kill(h, "cancel", now)
-                self.orphans.append(h)
+            if job.status != S.RUNNING and job.pid:
+                if runner.alive(job.pid, job.proc_start):
+                    h = self._handle(job, job.pid, job.proc_start, launcher)
+                    h.orphan = True
+                    self._kill(h, "cancel", now)
+                    self.orphans.append(h)
+                elif (job.proc_start or "").startswith(runner.boot_id() + ":"):
+                    # The wrapper is gone but processes of its group may live on (they ignored SIGTERM).
+                    self._reap_leftovers(job.id, job.attempts, job.pid, tuple(job.gpus), now)
             if job.status != S.RUNNING:
                 continue
             pid, start = job.pid, job.proc_start

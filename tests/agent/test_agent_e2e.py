@@ -431,7 +431,8 @@ def test_leftovers_of_a_lost_attempt_are_killed_before_the_job_runs_again(simgpu
         'echo "$ARIS_ATTEMPT" >> attempts.txt; '
         'if [ "$ARIS_ATTEMPT" = 1 ]; then '
         "sh -c 'trap \"\" TERM; echo $$ > worker.pid; exec sleep 60' & sleep 60; "
-        "else kill -0 $(cat worker.pid) 2>/dev/null && echo overlap > overlap.txt; true; fi"
+        # attempt 2 records the old worker's state: none, or Z (killed, not yet reaped by init)
+        "else cut -d' ' -f3 /proc/$(cat worker.pid)/stat > old_state.txt 2>/dev/null; true; fi"
     )
     run_dir = make_run(tmp_path, [job("w", cmd, gpus_per_job=1)], kill_grace=0.5)
     detach(run_dir, cleanup_run_dirs)
@@ -442,7 +443,7 @@ def test_leftovers_of_a_lost_attempt_are_killed_before_the_job_runs_again(simgpu
     w = jobs_by_id(run_dir)["w"]
     assert w["status"] == "completed" and w["attempts"] == 2
     assert (work / "attempts.txt").read_text().split() == ["1", "2"]
-    assert not (work / "overlap.txt").exists()  # attempt 2 started only once the old worker was gone
+    assert (work / "old_state.txt").read_text().strip() in ("", "Z", "X")  # the old worker was gone first
     assert not pid_alive(int((work / "worker.pid").read_text()))
     assert any(e["to"] == "pending" and "lost" in e["reason"] for e in history(run_dir, "w"))
 
@@ -528,3 +529,26 @@ def test_cancel_without_a_scheduler_stops_an_attempt_whose_pid_was_never_journal
         wait_for(lambda: h.popen.poll() is not None, timeout=10, what="the attempt killed")
     finally:
         runner.signal_group(h.pid, signal.SIGKILL)
+
+
+def test_an_old_attempt_still_dying_when_the_scheduler_crashes_is_killed_at_restart(
+    simgpu, tmp_path, cleanup_run_dirs
+):
+    work = tmp_path / "work"
+    cmd = (
+        'if [ "$ARIS_ATTEMPT" = 1 ]; then echo $$ > first.pid; trap "" TERM; sleep 60; '
+        # attempt 2 records the state of attempt 1's process (none, or Z: killed, not yet reaped by init)
+        "else cut -d' ' -f3 /proc/$(cat first.pid)/stat > old_state.txt 2>/dev/null; true; fi"
+    )
+    run_dir = make_run(tmp_path, [job("a", cmd, gpus_per_job=0)], gpus=[], kill_grace=5.0)
+    first = detach(run_dir, cleanup_run_dirs)
+    wait_for(lambda: (work / "first.pid").exists(), what="attempt 1 running")
+    agent("cancel", "--run-dir", str(run_dir), "a")  # TERM is ignored: it dies only at the SIGKILL, 5 s on
+    assert agent("retry", "--run-dir", str(run_dir), "a").out["retried"] == ["a"]
+    os.kill(first["pid"], signal.SIGKILL)  # the scheduler dies while attempt 1 is still dying
+    wait_for(lambda: not pid_alive(first["pid"]), what="the scheduler gone")
+    detach(run_dir, cleanup_run_dirs)  # restart: attempt 1's process is a leftover and must go first
+    wait_state(run_dir, "finished", timeout=60)
+    a = status(run_dir, "--jobs")["jobs"][0]
+    assert a["status"] == "completed" and a["attempts"] == 2
+    assert (work / "old_state.txt").read_text().strip() in ("", "Z", "X")  # never running beside attempt 2
