@@ -276,12 +276,12 @@ class QueueService:
         record = self.registry.load(run_id) if run_id else self.registry.latest()
         states = list(states or [])
 
-        def fetch(wait: float | None, since: int | None) -> dict[str, Any]:
+        def fetch(wait: float | None, since: int | None, jobs: bool = include_jobs) -> dict[str, Any]:
             return self._agent(
                 record,
                 lambda c: c.status(
                     record.remote_run_dir,
-                    jobs=include_jobs,
+                    jobs=jobs,
                     states=states,
                     phase=phase,
                     offset=offset if include_jobs else None,
@@ -293,14 +293,18 @@ class QueueService:
 
         if not wait_s or until == "change":
             return self._to_status(record, fetch(wait_s or None, since_seq), since_seq)
+        # The waiting rounds read the small digest only (served from the agent's cache); the job table, when
+        # asked for, is read once at the end.
         deadline = time.monotonic() + wait_s
-        digest = fetch(None, None)
+        digest = fetch(None, None, jobs=False)
         # Without since_seq the caller has seen nothing yet: jobs that need attention now are news.
         baseline = _attention(digest) if since_seq is not None else 0
         since = since_seq if since_seq is not None else int(digest.get("seq") or 0)
         while not _wait_over(digest, until, baseline) and (left := deadline - time.monotonic()) > 0.05:
-            digest = fetch(left, since)
+            digest = fetch(left, since, jobs=False)
             since = max(since, int(digest.get("seq") or 0))
+        if include_jobs:
+            digest = fetch(None, None)
         return self._to_status(record, digest, since_seq)
 
     def tail_log(self, run_id: str, job_id: str, lines: int = 50, attempt: int | None = None) -> LogTail:
@@ -315,15 +319,7 @@ class QueueService:
         """Runs of this project, newest first; ``refresh`` asks each run's agent for its live state."""
         infos = []
         for r in self.registry.list():
-            info = RunInfo(
-                run_id=r.run_id,
-                project=r.project,
-                target=r.target,
-                remote_run_dir=r.remote_run_dir,
-                created_at=r.created_at,
-                launched_at=r.launched_at,
-                total_jobs=r.total_jobs,
-            )
+            info = RunInfo.model_validate(r.model_dump())  # RunInfo keeps the fields it knows
             if refresh:
                 try:
                     d = self._agent(r, lambda c, r=r: c.status(r.remote_run_dir), timeout=REFRESH_TIMEOUT)
